@@ -1,0 +1,261 @@
+"""The imapfs command: parse the URL and -o options, set up logging, check
+the account, daemonise once the mount is ready, and run FUSE.
+
+    imapfs [-f] [-o OPT[,OPT...]] imaps://USER@HOST[:PORT] MOUNTPOINT
+
+sshfs-style, so mount(8) can call it from /etc/fstab as type fuse.imapfs
+(mount passes the options after the positional arguments).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+import textwrap
+from dataclasses import dataclass, field
+
+from imapfs import __version__
+from imapfs.config import Account, Options, find_password, parse_options, parse_url
+from imapfs.errors import ConfigError, ImapFSError
+
+log = logging.getLogger("imapfs")
+
+USAGE = "usage: imapfs [-f] [-o OPT[,OPT...]] imaps://USER@HOST[:PORT] MOUNTPOINT"
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+READY_TIMEOUT = 60.0
+
+
+@dataclass
+class Arguments:
+    foreground: bool = False
+    fuse_debug: bool = False
+    option_specs: list[str] = field(default_factory=list)
+    positional: list[str] = field(default_factory=list)
+    help: bool = False
+    version: bool = False
+
+
+def parse_arguments(argv: list[str]) -> Arguments:
+    """sshfs-style arguments: flags and -o may come before or after the positionals."""
+    args = Arguments()
+    items = iter(argv)
+    for item in items:
+        if item in ("-h", "--help"):
+            args.help = True
+        elif item in ("-V", "--version"):
+            args.version = True
+        elif item == "-f":
+            args.foreground = True
+        elif item == "-d":
+            args.foreground = args.fuse_debug = True
+        elif item == "-o":
+            value = next(items, None)
+            if value is None:
+                raise ConfigError("-o needs an argument")
+            args.option_specs.append(value)
+        elif item.startswith("-o"):
+            args.option_specs.append(item[2:])
+        elif item == "--":
+            args.positional.extend(items)
+        elif item.startswith("-") and item != "-":
+            raise ConfigError(f"unknown flag '{item}'")
+        else:
+            args.positional.append(item)
+    return args
+
+
+def help_text() -> str:
+    rows = "\n".join(f"    -o {name:<22} {text} (default: {default})"
+                     for name, default, text in Options.describe())
+    return textwrap.dedent(f"""\
+        {USAGE}
+
+        Mount an IMAP account as a directory tree: folders are directories,
+        messages are .eml files.
+
+        URL:
+            imaps://USER@HOST[:PORT]  implicit TLS (default port 993)
+            imap://USER@HOST[:PORT]   STARTTLS, required (default port 143)
+
+        Password, first found: $IMAPFS_PASSWORD, -o password_command=CMD,
+        ~/.netrc (machine HOST login USER password ...), a prompt on the terminal.
+
+        Flags:
+            -f                        stay in the foreground
+            -d                        foreground with FUSE debug output
+            -o OPT[,OPT...]           options, below
+            -h, --help / -V, --version
+
+        Options:
+        """) + rows + textwrap.dedent("""
+
+        FUSE mount options such as allow_root, default_permissions, nosuid,
+        nodev, noatime, auto_unmount pass through; fstab-only options (rw,
+        defaults, noauto, user, _netdev, nofail, x-*) are accepted and ignored.
+
+        /etc/fstab:
+            imaps://alice@imap.example.com  /home/alice/Mail  fuse.imapfs  noauto,user,_netdev  0  0
+        """)
+
+
+def setup_logging(options: Options, foreground: bool) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if options.log_file:
+        handler: logging.Handler = logging.FileHandler(options.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("imapfs: %(levelname)s: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("imapfs[%(process)d]: %(levelname)s: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if options.debug else logging.INFO)
+    if not options.debug:
+        # imapclient logs every command at DEBUG; without -o debug keep it quiet.
+        for noisy in ("imapclient", "mfusepy", "fuse"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"imapfs: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_arguments(argv)
+        if args.help:
+            print(help_text())
+            return 0
+        if args.version:
+            print(f"imapfs {__version__}")
+            return 0
+        options, fuse_options = parse_options(args.option_specs)
+        if len(args.positional) != 2:
+            return fail(f"expected a URL and a mount point\n{USAGE}", EXIT_USAGE)
+        account = parse_url(args.positional[0])
+        mountpoint = os.path.abspath(args.positional[1])
+        if not os.path.isdir(mountpoint):
+            return fail(f"mount point {mountpoint} does not exist or is not a directory", EXIT_USAGE)
+        password = find_password(account, options)
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except (KeyboardInterrupt, EOFError):
+        return fail("interrupted", EXIT_FAILURE)
+
+    setup_logging(options, foreground=True)
+    try:
+        check_account(account, password, options)
+    except ImapFSError as exc:
+        return fail(str(exc))
+
+    if args.foreground:
+        return run_mount(account, password, options, fuse_options, mountpoint, args.fuse_debug, None)
+    return daemonize_and_mount(account, password, options, fuse_options, mountpoint)
+
+
+def check_account(account: Account, password: str, options: Options) -> None:
+    """Log in once before mounting, so a wrong password or a bad certificate
+    is reported here, as one line, instead of as EIO on every file later."""
+    from imapfs.pool import connect
+
+    session = connect(account, password, options)
+    session.logout()
+
+
+def daemonize_and_mount(account: Account, password: str, options: Options, fuse_options: dict,
+                        mountpoint: str) -> int:
+    """Fork; the parent returns 0 only once the child reports the mount ready.
+
+    The child tells the parent through a pipe from FUSE's init callback,
+    which runs when the kernel has accepted the mount. Forking happens
+    before any thread or socket exists (the account check closed its own).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        return wait_for_child(pid, read_fd, mountpoint)
+    # child
+    os.close(read_fd)
+    os.setsid()
+    setup_logging(options, foreground=False)
+    code = EXIT_FAILURE
+    try:
+        code = run_mount(account, password, options, fuse_options, mountpoint, False, write_fd)
+    finally:
+        os._exit(code)
+
+
+def wait_for_child(pid: int, read_fd: int, mountpoint: str) -> int:
+    import select
+
+    with os.fdopen(read_fd, "rb") as pipe:
+        ready, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
+        message = pipe.read() if ready else b""
+    if message.startswith(b"ok"):
+        return 0
+    if not ready:
+        return fail(f"the mount at {mountpoint} did not become ready within {READY_TIMEOUT:.0f} s")
+    _, status = os.waitpid(pid, 0)
+    reason = message.decode("utf-8", "replace").strip()
+    return fail(reason or f"mounting {mountpoint} failed (exit status {os.waitstatus_to_exitcode(status)})")
+
+
+def run_mount(account: Account, password: str, options: Options, fuse_options: dict, mountpoint: str,
+              fuse_debug: bool, ready_fd: int | None) -> int:
+    import mfusepy
+
+    from imapfs.fs import ImapFS
+    from imapfs.pool import ConnectionPool
+    from imapfs.store import MailStore
+
+    def report_ready() -> None:
+        log.info("mounted %s at %s", account.display, mountpoint)
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok\n")
+            os.close(ready_fd)
+            redirect_stdio_to_devnull()
+
+    pool = ConnectionPool(account, password, options)
+    store = MailStore(pool, options)
+    operations = ImapFS(store, read_only=True, on_init=report_ready)
+    kernel_options = dict(fuse_options)
+    if options.ro:
+        kernel_options["ro"] = True
+    if options.allow_other:
+        kernel_options["allow_other"] = True
+    kernel_options.setdefault("fsname", account.display)
+    kernel_options.setdefault("subtype", "imapfs")
+    try:
+        mfusepy.FUSE(operations, mountpoint, raw_fi=True, foreground=True, debug=fuse_debug,
+                     attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout,
+                     negative_timeout=options.negative_timeout, **kernel_options)
+    except RuntimeError as exc:
+        message = f"could not mount at {mountpoint} (libfuse error {exc}); is it already mounted or in use?"
+        if ready_fd is not None:
+            os.write(ready_fd, message.encode())
+            os.close(ready_fd)
+            return EXIT_FAILURE
+        return fail(message)
+    finally:
+        pool.close()
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def redirect_stdio_to_devnull() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)

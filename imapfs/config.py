@@ -1,0 +1,234 @@
+"""Command-line configuration: the account URL, every -o option, and where
+the password comes from.
+
+Each tunable is one field of the frozen ``Options`` dataclass, with its
+default and its help text next to it (``imapfs --help`` prints them), so an
+option cannot exist without documentation. Pure apart from the credential
+sources, which read the environment, run a command, read ~/.netrc or prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import netrc
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from imapfs.errors import ConfigError
+
+PASSWORD_ENV = "IMAPFS_PASSWORD"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every -o option imapfs understands (besides plain FUSE mount options)."""
+
+    ro: bool = _opt(False, "read-only mount: every write fails with EROFS")
+    ca_file: str | None = _opt(None, "PEM file of CA certificates to trust instead of the system store")
+    password_command: str | None = _opt(None, "shell command whose first output line is the password")
+    insecure_plaintext: bool = _opt(False, "allow imap:// without STARTTLS (password sent in clear)")
+    connections: int = _opt(4, "maximum IMAP connections used for file operations", minimum=1)
+    debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords are never logged)")
+    allow_other: bool = _opt(False, "let other users access the mount (needs user_allow_other)")
+    log_file: str | None = _opt(None, "write the log here (default: stderr in -f, syslog otherwise)")
+    timeout: float = _opt(30.0, "seconds before an unanswered IMAP command counts as a dead connection",
+                          minimum=1)
+    retries: int = _opt(3, "times an idempotent IMAP command is retried on a fresh connection", minimum=0)
+    listing_ttl: float = _opt(10.0, "seconds a folder listing is trusted before it is revalidated", minimum=0)
+    folders_ttl: float = _opt(30.0, "seconds the folder list is trusted before it is fetched again", minimum=0)
+    fetch_batch: int = _opt(500, "UIDs per metadata FETCH command while listing", minimum=1)
+    body_cache_mb: int = _opt(256, "memory for cached message bodies, in MiB", minimum=0)
+    header_cache_folders: int = _opt(256, "folder listings kept in the header cache", minimum=1)
+    attr_timeout: float = _opt(5.0, "seconds the kernel may cache file attributes", minimum=0)
+    entry_timeout: float = _opt(5.0, "seconds the kernel may cache name lookups", minimum=0)
+    negative_timeout: float = _opt(2.0, "seconds the kernel may cache 'no such file'", minimum=0)
+    delete: str = _opt("trash", "what rm does: 'trash' moves to Trash, 'expunge' deletes at once",
+                       choices=("trash", "expunge"))
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(name, default, help) for every option, for --help."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = "off" if f.default is False else ("-" if f.default is None else str(f.default))
+            rows.append((f.name, default, f.metadata["help"]))
+        return rows
+
+
+# Mount options that belong to FUSE or the kernel, passed through untouched.
+FUSE_PASSTHROUGH = frozenset(
+    {"allow_root", "default_permissions", "nosuid", "nodev", "noexec", "suid", "dev", "exec",
+     "noatime", "atime", "relatime", "nodiratime", "auto_unmount", "fsname", "subtype", "max_read",
+     "uid", "gid", "umask"}
+)
+# Options /etc/fstab and mount(8) may hand us that mean nothing to a FUSE filesystem.
+IGNORED_MOUNT_OPTIONS = frozenset({"rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev",
+                                   "nofail", "async", "sync", "nonempty", "big_writes"})
+
+
+def parse_options(specs: list[str]) -> tuple[Options, dict[str, Any]]:
+    """Turn the -o arguments into Options plus the FUSE options to pass on.
+
+    Unknown options are an error, not silently ignored: a typo in an option
+    name would otherwise go unnoticed until it matters.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Options)}
+    values: dict[str, Any] = {}
+    fuse_opts: dict[str, Any] = {}
+    for spec in specs:
+        for item in _split_options(spec):
+            name, has_value, raw = item.partition("=")
+            name = name.strip()
+            if not name:
+                continue
+            if name in fields:
+                values[name] = _convert(fields[name], raw if has_value else None)
+            elif name in FUSE_PASSTHROUGH:
+                fuse_opts[name] = raw if has_value else True
+            elif name in IGNORED_MOUNT_OPTIONS or name.startswith(("x-", "comment=")):
+                continue
+            else:
+                raise ConfigError(f"unknown option '{name}' (see imapfs --help)")
+    return Options(**values), fuse_opts
+
+
+def _split_options(spec: str) -> list[str]:
+    r"""Split "a,b=c,d" on commas; a backslash escapes a comma inside a value."""
+    items, current, escaped = [], [], False
+    for ch in spec:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return items
+
+
+def _convert(f: dataclasses.Field, raw: str | None) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    name = f.name
+    if kind == "bool":
+        if raw is None or raw.lower() in {"1", "yes", "true", "on"}:
+            return True
+        if raw.lower() in {"0", "no", "false", "off"}:
+            return False
+        raise ConfigError(f"option {name} takes no value or yes/no, not '{raw}'")
+    if raw is None or raw == "":
+        raise ConfigError(f"option {name} needs a value ({name}=...)")
+    if kind in {"int", "float"}:
+        try:
+            value: Any = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise ConfigError(f"option {name} needs a number, not '{raw}'") from None
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"option {name} must be at least {minimum}")
+        return value
+    choices = f.metadata.get("choices")
+    if choices and raw not in choices:
+        raise ConfigError(f"option {name} must be one of {', '.join(choices)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Account:
+    """Where to connect and as whom, from imaps://USER@HOST[:PORT]."""
+
+    user: str
+    host: str
+    port: int
+    implicit_tls: bool  # imaps://; otherwise STARTTLS (or plaintext if allowed)
+
+    @property
+    def display(self) -> str:
+        return f"{'imaps' if self.implicit_tls else 'imap'}://{self.user}@{self.host}:{self.port}"
+
+
+def parse_url(url: str) -> Account:
+    """Parse imaps://USER@HOST[:PORT] or imap://USER@HOST[:PORT].
+
+    The user may itself contain '@' (user@example.com@imap.example.com) or be
+    percent-encoded; a password in the URL is refused, since URLs end up in
+    shell history and process lists.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in {"imap", "imaps"}:
+        raise ConfigError(f"'{url}' is not an imaps://USER@HOST[:PORT] or imap://USER@HOST[:PORT] URL")
+    rest = rest.rstrip("/")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at or not userinfo:
+        raise ConfigError(f"'{url}' names no user: use {scheme}://USER@HOST")
+    if ":" in userinfo:
+        raise ConfigError("passwords do not belong in the URL; use IMAPFS_PASSWORD, "
+                          "-o password_command=..., ~/.netrc or the prompt")
+    implicit = scheme.lower() == "imaps"
+    port = 993 if implicit else 143
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        if tail.startswith(":"):
+            port = _port(tail[1:], url)
+    else:
+        host, colon, port_text = hostport.partition(":")
+        if colon:
+            port = _port(port_text, url)
+    if not host:
+        raise ConfigError(f"'{url}' names no host")
+    return Account(user=unquote(userinfo), host=host, port=port, implicit_tls=implicit)
+
+
+def _port(text: str, url: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"'{url}' has an invalid port '{text}'")
+    return int(text)
+
+
+def find_password(account: Account, options: Options, *, environ: dict[str, str] | None = None,
+                  netrc_file: str | None = None, interactive: bool | None = None) -> str:
+    """The password, from the first source that has one:
+    $IMAPFS_PASSWORD, -o password_command, ~/.netrc, a prompt on the terminal.
+    Never from the command line, which any local user can read in ps.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(PASSWORD_ENV):
+        return environ[PASSWORD_ENV]
+    if options.password_command:
+        try:
+            done = subprocess.run(options.password_command, shell=True, capture_output=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ConfigError("password_command did not finish within 60 s") from None
+        if done.returncode != 0:
+            raise ConfigError(f"password_command failed with exit status {done.returncode}")
+        lines = done.stdout.decode("utf-8", "replace").splitlines()
+        if not lines or not lines[0]:
+            raise ConfigError("password_command printed no password")
+        return lines[0]
+    path = netrc_file or os.path.join(os.path.expanduser("~"), ".netrc")
+    if os.path.exists(path):
+        try:
+            entry = netrc.netrc(path).authenticators(account.host)
+        except (netrc.NetrcParseError, OSError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if entry and entry[2] and entry[0] in (account.user, None, ""):
+            return entry[2]
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    if interactive:
+        return getpass.getpass(f"Password for {account.user}@{account.host}: ")
+    raise ConfigError(f"no password for {account.user}@{account.host}: set {PASSWORD_ENV}, "
+                      "-o password_command=..., or a ~/.netrc entry")

@@ -1,0 +1,84 @@
+"""The imapfs exception tree.
+
+Every layer below fs.py raises these, never errno values; fs.py maps them to
+errno in one place (``fs.errno_for``). Library errors (imaplib, socket, ssl)
+are translated once, in pool.py, with ``raise ... from exc``.
+
+    ImapFSError
+    ├── ConfigError              bad URL or -o option (never reaches FUSE)
+    ├── ConnectError             could not get a usable IMAP session
+    │   ├── CertificateError     TLS certificate verification failed
+    │   ├── AuthenticationError  the server refused the login
+    │   └── ServerUnavailable    connection refused, timed out, DNS, dropped
+    ├── ProtocolError            the server answered NO/BAD or something unparsable
+    │   └── QuotaError           the server refused a write for quota (OVERQUOTA)
+    ├── NotFound                 no such folder or message
+    │   └── StaleMessage         the folder's UIDVALIDITY changed under a handle
+    ├── AlreadyExists            folder or message name taken
+    ├── NotEmpty                 folder still holds messages or children
+    ├── InvalidMessage           bytes written are not an RFC 5322 message
+    ├── ReadOnly                 the mount (or the object) does not accept writes
+    └── NotSupported             the operation has no meaning for mail
+"""
+
+from __future__ import annotations
+
+
+class ImapFSError(Exception):
+    """Base of every error imapfs raises on purpose."""
+
+
+class ConfigError(ImapFSError):
+    """A URL or option the user gave cannot be used."""
+
+
+class ConnectError(ImapFSError):
+    """No usable IMAP session could be established."""
+
+
+class CertificateError(ConnectError):
+    """The server's TLS certificate failed verification."""
+
+
+class AuthenticationError(ConnectError):
+    """The server refused the user name or password."""
+
+
+class ServerUnavailable(ConnectError):
+    """The server cannot be reached, or the connection dropped."""
+
+
+class ProtocolError(ImapFSError):
+    """The server answered NO/BAD, or something imapfs cannot parse."""
+
+
+class QuotaError(ProtocolError):
+    """The server refused a write because the mailbox is over quota."""
+
+
+class NotFound(ImapFSError):
+    """No such folder or message."""
+
+
+class StaleMessage(NotFound):
+    """The folder was recreated (UIDVALIDITY changed) since the object was looked up."""
+
+
+class AlreadyExists(ImapFSError):
+    """The target name is already taken."""
+
+
+class NotEmpty(ImapFSError):
+    """A folder still holds messages or child folders."""
+
+
+class InvalidMessage(ImapFSError):
+    """Bytes given as a message are not an RFC 5322 message."""
+
+
+class ReadOnly(ImapFSError):
+    """The mount, or the object, does not accept writes."""
+
+
+class NotSupported(ImapFSError):
+    """The operation has no meaning for mail."""

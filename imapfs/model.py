@@ -1,0 +1,85 @@
+"""Plain data objects shared by the layers. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Folder:
+    """One IMAP mailbox as LIST reported it.
+
+    ``name`` is the server's name, already decoded from modified UTF-7;
+    ``parts`` is that name split on the delimiter (the directory path).
+    """
+
+    name: str
+    delimiter: str | None
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        if not self.delimiter:
+            return (self.name,)
+        return tuple(self.name.split(self.delimiter))
+
+    @property
+    def selectable(self) -> bool:
+        return not ({"\\noselect", "\\nonexistent"} & {f.lower() for f in self.flags})
+
+    @property
+    def special_use(self) -> str | None:
+        for flag in self.flags:
+            if flag.lower() in {"\\trash", "\\sent", "\\drafts", "\\junk", "\\archive", "\\all", "\\flagged"}:
+                return flag
+        return None
+
+
+@dataclass(slots=True)
+class MessageMeta:
+    """What a listing knows about one message, kept small: a folder of
+    10,000 messages holds 10,000 of these in the header cache.
+
+    ``size`` starts as the server's RFC822.SIZE and is replaced by the real
+    length once the body has been fetched (``size_verified``).
+    """
+
+    uid: int
+    size: int
+    internaldate: float  # seconds since the epoch, UTC
+    flags: tuple[str, ...]
+    filename: str
+    message_id: str = ""
+    size_verified: bool = False
+
+
+@dataclass
+class FolderStatus:
+    """The per-SELECT state that decides whether cached data is still valid."""
+
+    uidvalidity: int
+    exists: int
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+
+
+@dataclass
+class Listing:
+    """A folder's messages as last synchronised, valid for one UIDVALIDITY."""
+
+    folder: str
+    uidvalidity: int
+    messages: dict[int, MessageMeta] = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict)
+    highestmodseq: int | None = None
+    uidnext: int | None = None
+    synced_at: float = 0.0
+
+    def add(self, meta: MessageMeta) -> None:
+        self.messages[meta.uid] = meta
+        self.by_name[meta.filename] = meta.uid
+
+    def remove(self, uid: int) -> None:
+        meta = self.messages.pop(uid, None)
+        if meta is not None:
+            self.by_name.pop(meta.filename, None)

@@ -1,0 +1,389 @@
+"""IMAP sessions and the bounded pool that lends them out.
+
+This is the only module that talks to imapclient/imaplib. ``Session`` wraps
+one IMAPClient with the verbs the store needs and translates every library,
+socket and TLS error into the imapfs tree (errors.py), once, with
+``raise ... from exc``. ``ConnectionPool`` holds at most ``connections``
+sessions; each is used by one thread at a time, because IMAPClient objects
+are not thread safe and FUSE calls us from many threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import imaplib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import imapclient
+from imapclient import exceptions as imapexc
+from imapclient.imapclient import SocketTimeout
+
+from imapfs.config import Account, Options
+from imapfs.errors import (
+    AlreadyExists,
+    AuthenticationError,
+    CertificateError,
+    ConnectError,
+    ImapFSError,
+    NotFound,
+    NotSupported,
+    ProtocolError,
+    QuotaError,
+    ServerUnavailable,
+)
+from imapfs.model import Folder, FolderStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def make_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying context: the system store, or only ca_file when given."""
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def translate(exc: BaseException, account: Account | None = None) -> ImapFSError:
+    """Map one library exception to the imapfs error tree."""
+    where = f" ({account.host}:{account.port})" if account else ""
+    if isinstance(exc, ImapFSError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return CertificateError(f"TLS certificate verification failed{where}: {exc.verify_message}")
+    if isinstance(exc, ssl.CertificateError):
+        return CertificateError(f"TLS certificate does not match the host{where}: {exc}")
+    if isinstance(exc, imapexc.LoginError):
+        return AuthenticationError(f"login refused{where}: {_server_text(exc)}")
+    if isinstance(exc, imapexc.CapabilityError):
+        return NotSupported(str(exc))
+    if isinstance(exc, imaplib.IMAP4.abort):
+        return ServerUnavailable(f"connection lost{where}: {_server_text(exc)}")
+    if isinstance(exc, ssl.SSLError):
+        return ServerUnavailable(f"TLS failed{where}: {exc.reason or exc}")
+    if isinstance(exc, socket.gaierror):
+        return ServerUnavailable(f"cannot resolve host{where}: {exc.strerror}")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ServerUnavailable(f"server did not answer in time{where}")
+    if isinstance(exc, OSError):
+        return ServerUnavailable(f"cannot reach server{where}: {exc.strerror or exc}")
+    if isinstance(exc, imaplib.IMAP4.error):
+        text = _server_text(exc)
+        upper = text.upper()
+        if "[OVERQUOTA]" in upper or "QUOTA" in upper:
+            return QuotaError(text)
+        if "[NONEXISTENT]" in upper or "DOESN'T EXIST" in upper or "NO SUCH" in upper:
+            return NotFound(text)
+        if "[ALREADYEXISTS]" in upper or "ALREADY EXISTS" in upper:
+            return AlreadyExists(text)
+        return ProtocolError(text)
+    return ProtocolError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _server_text(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc)
+    if text.startswith(("b'", 'b"')):
+        text = text[2:-1]
+    return text
+
+
+def compact_uid_set(uids: Iterable[int]) -> str:
+    """[1,2,3,7,9,10] -> '1:3,7,9:10': keeps FETCH command lines short."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("empty UID set")
+    ranges: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        ranges.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    ranges.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(ranges)
+
+
+class Session:
+    """One logged-in IMAP connection with the verbs the store uses.
+
+    Not thread safe: the pool hands it to one thread at a time. Any
+    connection-level failure marks it ``broken`` so the pool drops it.
+    """
+
+    def __init__(self, client: Any, account: Account) -> None:
+        self._client = client
+        self._account = account
+        self.broken = False
+        self.selected: str | None = None
+        self.selected_readonly = True
+        self.status: FolderStatus | None = None
+        self.last_used = time.monotonic()
+        self.capabilities = frozenset(c.decode().upper() if isinstance(c, bytes) else c.upper()
+                                      for c in client.capabilities())
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    @contextlib.contextmanager
+    def _translating(self) -> Iterator[None]:
+        try:
+            yield
+        except ImapFSError:
+            raise
+        except Exception as exc:
+            error = translate(exc, self._account)
+            if isinstance(error, ServerUnavailable):
+                self.broken = True
+            raise error from exc
+        finally:
+            self.last_used = time.monotonic()
+
+    # --- reading ---------------------------------------------------------
+    def list_folders(self) -> list[Folder]:
+        with self._translating():
+            rows = self._client.list_folders()
+        folders = []
+        for flags, delimiter, name in rows:
+            if isinstance(delimiter, bytes):
+                delimiter = delimiter.decode("ascii", "replace")
+            if isinstance(name, bytes):  # not valid modified UTF-7: show the raw name
+                name = name.decode("utf-8", "replace")
+            flag_set = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
+            folders.append(Folder(name=name, delimiter=delimiter or None, flags=flag_set))
+        return folders
+
+    def select(self, folder: str, readonly: bool = True) -> FolderStatus:
+        """EXAMINE (readonly) or SELECT a folder; always re-issued so EXISTS is current."""
+        with self._translating():
+            response = self._client.select_folder(folder, readonly=readonly)
+        self.selected = folder
+        self.selected_readonly = readonly
+        self.status = FolderStatus(
+            uidvalidity=int(response.get(b"UIDVALIDITY", 0)),
+            exists=int(response.get(b"EXISTS", 0)),
+            uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
+            highestmodseq=int(response[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in response else None,
+        )
+        return self.status
+
+    def ensure_selected(self, folder: str, readonly: bool = True) -> FolderStatus:
+        """Select only if this session is not already in `folder` (with enough rights)."""
+        if self.selected == folder and self.status is not None and (readonly or not self.selected_readonly):
+            return self.status
+        return self.select(folder, readonly=readonly)
+
+    def search_all_uids(self) -> list[int]:
+        with self._translating():
+            return sorted(int(u) for u in self._client.search("ALL"))
+
+    def fetch(self, uid_set: str | list[int], items: list[str],
+              modifiers: list[str] | None = None) -> dict[int, dict[bytes, Any]]:
+        if not isinstance(uid_set, str):
+            uid_set = compact_uid_set(uid_set)
+        with self._translating():
+            return self._client.fetch(uid_set, items, modifiers=modifiers)
+
+    def noop(self) -> None:
+        with self._translating():
+            self._client.noop()
+
+    def status_of(self, folder: str) -> dict[bytes, int]:
+        with self._translating():
+            what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+            if self.has("CONDSTORE"):
+                what.append("HIGHESTMODSEQ")
+            return self._client.folder_status(folder, what)
+
+    # --- writing ---------------------------------------------------------
+    def append(self, folder: str, message: bytes, flags: Iterable[str], when: dt.datetime | None) -> int | None:
+        """APPEND; returns the new UID when the server reports APPENDUID."""
+        with self._translating():
+            response = self._client.append(folder, message, flags=tuple(flags), msg_time=when)
+        return _appenduid(response)
+
+    def copy(self, uids: list[int], target: str) -> None:
+        with self._translating():
+            self._client.copy(uids, target)
+
+    def move(self, uids: list[int], target: str) -> None:
+        with self._translating():
+            self._client.move(uids, target)
+
+    def set_flags(self, uids: list[int], flags: Iterable[str]) -> None:
+        with self._translating():
+            self._client.set_flags(uids, list(flags), silent=True)
+
+    def add_flags(self, uids: list[int], flags: Iterable[str]) -> None:
+        with self._translating():
+            self._client.add_flags(uids, list(flags), silent=True)
+
+    def uid_expunge(self, uids: list[int]) -> None:
+        with self._translating():
+            self._client.uid_expunge(uids)
+
+    def create_folder(self, folder: str) -> None:
+        with self._translating():
+            self._client.create_folder(folder)
+
+    def delete_folder(self, folder: str) -> None:
+        with self._translating():
+            if self.selected == folder:
+                self.unselect()
+            self._client.delete_folder(folder)
+
+    def rename_folder(self, old: str, new: str) -> None:
+        with self._translating():
+            if self.selected == old:
+                self.unselect()
+            self._client.rename_folder(old, new)
+
+    def unselect(self) -> None:
+        with self._translating():
+            if self.has("UNSELECT"):
+                self._client.unselect_folder()
+            else:
+                self._client.close_folder()
+        self.selected = None
+        self.status = None
+
+    def logout(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.logout()
+        with contextlib.suppress(Exception):
+            self._client.shutdown()
+
+
+def _appenduid(response: Any) -> int | None:
+    text = response.decode("ascii", "replace") if isinstance(response, bytes) else str(response)
+    marker = "[APPENDUID "
+    start = text.upper().find(marker)
+    if start < 0:
+        return None
+    fields = text[start + len(marker):].split("]")[0].split()
+    return int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else None
+
+
+def connect(account: Account, password: str, options: Options) -> Session:
+    """Open, secure and log in one connection; raise ConnectError subclasses."""
+    timeout = SocketTimeout(connect=options.timeout, read=options.timeout)
+    context = make_ssl_context(options.ca_file)
+    client = None
+    try:
+        client = imapclient.IMAPClient(account.host, port=account.port, ssl=account.implicit_tls,
+                                       ssl_context=context if account.implicit_tls else None,
+                                       timeout=timeout)
+        client.normalise_times = False
+        if not account.implicit_tls:
+            if client.has_capability("STARTTLS"):
+                client.starttls(context)
+            elif not options.insecure_plaintext:
+                raise ConnectError(f"{account.host}:{account.port} does not offer STARTTLS; refusing to "
+                                   "send the password in clear (use imaps:// or -o insecure_plaintext)")
+        client.login(account.user, password)
+        return Session(client, account)
+    except ImapFSError:
+        _close_quietly(client)
+        raise
+    except Exception as exc:
+        _close_quietly(client)
+        raise translate(exc, account) from exc
+
+
+def _close_quietly(client: Any) -> None:
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+
+
+class ConnectionPool:
+    """At most ``options.connections`` sessions, lent one thread at a time.
+
+    ``run(fn)`` borrows a session and calls fn(session); when the connection
+    turns out dead, the session is discarded and, for idempotent work, fn is
+    retried on a fresh connection with exponential backoff, a bounded number
+    of times, so a dropped connection or a restarted server costs a retry,
+    not an error.
+    """
+
+    def __init__(self, account: Account, password: str, options: Options,
+                 connector: Callable[[Account, str, Options], Session] = connect) -> None:
+        self.account = account
+        self._password = password
+        self._options = options
+        self._connector = connector
+        self._slots = threading.BoundedSemaphore(options.connections)
+        self._lock = threading.Lock()  # guards _idle and _closed
+        self._idle: list[Session] = []
+        self._closed = False
+        self.commands_sent = 0  # for tests and debugging: sessions borrowed
+
+    def _acquire(self) -> Session:
+        if not self._slots.acquire(timeout=max(self._options.timeout * 2, 5)):
+            raise ServerUnavailable("all IMAP connections are busy; gave up waiting")
+        try:
+            with self._lock:
+                if self._closed:
+                    raise ServerUnavailable("imapfs is shutting down")
+                session = self._idle.pop() if self._idle else None
+            if session is None:
+                session = self._connector(self.account, self._password, self._options)
+            return session
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _release(self, session: Session) -> None:
+        try:
+            if session.broken:
+                session.logout()
+                return
+            with self._lock:
+                if not self._closed:
+                    self._idle.append(session)
+                    return
+            session.logout()
+        finally:
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        session = self._acquire()
+        try:
+            yield session
+        finally:
+            self._release(session)
+
+    def run(self, work: Callable[[Session], T], *, idempotent: bool = True) -> T:
+        """Run work(session); retry on a fresh connection if it may safely be repeated."""
+        attempts = 1 + (self._options.retries if idempotent else 0)
+        delay = 0.2
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as session:
+                    if not idempotent and time.monotonic() - session.last_used > 60:
+                        # A write must not be sent into a connection that died
+                        # silently: find out first, while retrying is still safe.
+                        session.noop()
+                    return work(session)
+            except ServerUnavailable as exc:
+                if attempt >= attempts:
+                    raise
+                log.info("IMAP connection failed (%s); retrying (%d/%d)", exc, attempt, attempts - 1)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.logout()

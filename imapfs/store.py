@@ -1,0 +1,254 @@
+"""MailStore: folders, listings and message bodies, over the caches and the pool.
+
+Speaks model objects (Folder, Listing, MessageMeta) and imapfs errors, never
+paths or errno. Listings are synchronised incrementally: a folder whose
+UIDVALIDITY is unchanged costs a SELECT plus a fetch of what is new; a
+changed UIDVALIDITY drops everything known about the folder. Bodies are
+fetched with BODY.PEEK, so reading never sets \\Seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from imapfs import names
+from imapfs.cache import BodyCache, ListingCache
+from imapfs.config import Options
+from imapfs.errors import NotFound, ProtocolError, StaleMessage
+from imapfs.model import Folder, Listing, MessageMeta
+from imapfs.pool import ConnectionPool, Session, compact_uid_set
+
+log = logging.getLogger(__name__)
+
+HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"
+METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
+# Messages up to this size are fetched whole on first read; larger ones in
+# aligned chunks, so `head` on a 50 MB message costs one chunk, not 50 MB.
+CHUNK_SIZE = 1 << 20
+
+
+class MailStore:
+    """The mail account as folders and immutable messages."""
+
+    def __init__(self, pool: ConnectionPool, options: Options,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pool = pool
+        self.options = options
+        self._clock = clock
+        self.listings = ListingCache(options.header_cache_folders)
+        self.bodies = BodyCache(options.body_cache_mb * 1024 * 1024)
+        self._sync_locks: dict[str, threading.Lock] = {}
+        self._sync_locks_guard = threading.Lock()  # guards _sync_locks
+        self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
+
+    # --- folders ---------------------------------------------------------
+    def folders(self) -> list[Folder]:
+        cached = self.listings.folders()
+        if cached and self._clock() - cached[0] < self.options.folders_ttl:
+            return cached[1]
+        with self._folders_lock:
+            cached = self.listings.folders()
+            if cached and self._clock() - cached[0] < self.options.folders_ttl:
+                return cached[1]
+            generation = self.listings.folders_generation()
+            folders = self.pool.run(lambda s: s.list_folders())
+            self.listings.put_folders(self._clock(), folders, generation)
+            return folders
+
+    def folder(self, name: str) -> Folder:
+        for folder in self.folders():
+            if folder.name == name:
+                return folder
+        raise NotFound(f"no folder {name!r}")
+
+    # --- listings --------------------------------------------------------
+    def _sync_lock(self, folder: str) -> threading.Lock:
+        with self._sync_locks_guard:
+            return self._sync_locks.setdefault(folder, threading.Lock())
+
+    def listing(self, folder: str) -> Listing:
+        """The folder's messages, revalidated when older than listing_ttl."""
+        listing = self.listings.get(folder)
+        if listing is not None and self._clock() - listing.synced_at < self.options.listing_ttl:
+            return listing
+        with self._sync_lock(folder):
+            listing = self.listings.get(folder)
+            if listing is not None and self._clock() - listing.synced_at < self.options.listing_ttl:
+                return listing
+            generation = self.listings.generation(folder)
+            fresh = self.pool.run(lambda s: self._sync(s, folder, listing))
+            self.listings.put(fresh, generation)
+            return fresh
+
+    def _sync(self, session: Session, folder: str, old: Listing | None) -> Listing:
+        status = session.select(folder, readonly=True)
+        if old is not None and old.uidvalidity != status.uidvalidity:
+            log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
+                     folder, old.uidvalidity, status.uidvalidity)
+            old = None
+        listing = Listing(folder=folder, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
+                          highestmodseq=status.highestmodseq)
+        if old is not None:
+            listing.messages = dict(old.messages)
+            listing.by_name = dict(old.by_name)
+        unchanged_set = (old is not None and status.uidnext is not None and status.uidnext == old.uidnext
+                         and status.exists == len(old.messages))
+        if status.exists == 0:
+            listing.messages.clear()
+            listing.by_name.clear()
+        elif not unchanged_set:
+            present = session.search_all_uids()
+            present_set = set(present)
+            for uid in [u for u in listing.messages if u not in present_set]:
+                listing.remove(uid)
+            new_uids = [u for u in present if u not in listing.messages]
+            for start in range(0, len(new_uids), self.options.fetch_batch):
+                batch = new_uids[start:start + self.options.fetch_batch]
+                for uid, data in session.fetch(batch, METADATA_ITEMS).items():
+                    meta = _meta_from_fetch(uid, data)
+                    if meta is not None:
+                        listing.add(meta)
+        if old is not None and old.messages:
+            self._refresh_flags(session, listing, old)
+        listing.synced_at = self._clock()
+        return listing
+
+    def _refresh_flags(self, session: Session, listing: Listing, old: Listing) -> None:
+        """Flags are the only mutable part of a message; fetch only what changed."""
+        known = [uid for uid in old.messages if uid in listing.messages]
+        if not known:
+            return
+        if old.highestmodseq and listing.highestmodseq == old.highestmodseq:
+            return
+        modifiers = None
+        if session.has("CONDSTORE") and old.highestmodseq:
+            modifiers = [f"CHANGEDSINCE {old.highestmodseq}"]
+        for uid, data in session.fetch(compact_uid_set(known), ["UID", "FLAGS"], modifiers).items():
+            meta = listing.messages.get(uid)
+            if meta is not None and b"FLAGS" in data:
+                meta.flags = _flags(data[b"FLAGS"])
+
+    def message(self, folder: str, filename: str) -> tuple[Listing, MessageMeta]:
+        uid = names.uid_from_filename(filename)
+        if uid is None:
+            raise NotFound(filename)
+        listing = self.listing(folder)
+        meta = listing.messages.get(uid)
+        if meta is None or meta.filename != filename:
+            raise NotFound(filename)
+        return listing, meta
+
+    def invalidate(self, folder: str) -> None:
+        self.listings.invalidate(folder)
+
+    # --- bodies ----------------------------------------------------------
+    def read(self, folder: str, uidvalidity: int, meta: MessageMeta, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a message, exactly as the server has them.
+
+        Small messages are fetched whole and the shown size corrected from
+        the real length; large ones in aligned chunks, so reading the start
+        of a huge message fetches only that.
+        """
+        if size <= 0 or (meta.size_verified and offset >= meta.size):
+            return b""
+        if meta.size <= CHUNK_SIZE:
+            body = self.body(folder, uidvalidity, meta)
+            if len(body) > CHUNK_SIZE:
+                meta.size_verified = True
+            return body[offset:offset + size]
+        pieces = []
+        position, end = offset, offset + size
+        while position < end:
+            index = position // CHUNK_SIZE
+            chunk = self._chunk(folder, uidvalidity, meta, index)
+            within = position - index * CHUNK_SIZE
+            piece = chunk[within:within + (end - position)]
+            if not piece:
+                break
+            pieces.append(piece)
+            position += len(piece)
+            if len(chunk) < CHUNK_SIZE:
+                break  # the message ends inside this chunk
+        return b"".join(pieces)
+
+    def body(self, folder: str, uidvalidity: int, meta: MessageMeta) -> bytes:
+        key = (folder, uidvalidity, meta.uid)
+        data = self.bodies.get(key)
+        if data is None:
+            data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, None))
+            self.bodies.put(key, data)
+        self._learn_size(meta, len(data))
+        return data
+
+    def _chunk(self, folder: str, uidvalidity: int, meta: MessageMeta, index: int) -> bytes:
+        key = (folder, uidvalidity, meta.uid, index)
+        data = self.bodies.get(key)
+        if data is None:
+            data = self.pool.run(
+                lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, (index * CHUNK_SIZE, CHUNK_SIZE)))
+            self.bodies.put(key, data)
+        if len(data) < CHUNK_SIZE:
+            self._learn_size(meta, index * CHUNK_SIZE + len(data))
+        return data
+
+    def _learn_size(self, meta: MessageMeta, real_size: int) -> None:
+        if meta.size != real_size:
+            log.warning("server said UID %d has %d bytes, it has %d; showing the real size",
+                        meta.uid, meta.size, real_size)
+            meta.size = real_size
+        meta.size_verified = True
+
+    def _fetch_part(self, session: Session, folder: str, uidvalidity: int, uid: int,
+                    part: tuple[int, int] | None) -> bytes:
+        status = session.ensure_selected(folder)
+        if status.uidvalidity != uidvalidity:
+            raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
+        item = "BODY.PEEK[]" if part is None else f"BODY.PEEK[]<{part[0]}.{part[1]}>"
+        response = session.fetch([uid], [item])
+        data = response.get(uid)
+        if data is None:
+            # Not there in this session's view: maybe expunged, maybe this
+            # session's view is old. Look again before saying it is gone.
+            status = session.select(folder)
+            if status.uidvalidity != uidvalidity:
+                raise StaleMessage(f"folder {folder!r} was recreated")
+            data = session.fetch([uid], [item]).get(uid)
+            if data is None:
+                raise NotFound(f"UID {uid} is no longer in {folder!r}")
+        for key, value in data.items():
+            if key.startswith(b"BODY[]"):
+                return value if value is not None else b""
+        raise ProtocolError(f"server sent no body for UID {uid} in {folder!r}")
+
+
+def _flags(raw: Any) -> tuple[str, ...]:
+    return tuple(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in raw)
+
+
+def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:
+    try:
+        size = int(data[b"RFC822.SIZE"])
+        when = data[b"INTERNALDATE"]
+    except KeyError:
+        log.warning("server sent incomplete metadata for UID %d; skipping it", uid)
+        return None
+    internaldate = when.timestamp() if hasattr(when, "timestamp") else 0.0
+    header = b""
+    for key, value in data.items():
+        if key.startswith(b"BODY[HEADER") and value:
+            header = value
+            break
+    subject_raw = names.header_value(header, "Subject")
+    subject = names.decode_header_text(subject_raw) if subject_raw else ""
+    return MessageMeta(
+        uid=uid,
+        size=size,
+        internaldate=internaldate,
+        flags=_flags(data.get(b"FLAGS", ())),
+        filename=names.message_filename(uid, internaldate, subject),
+        message_id=names.message_id_from_headers(header),
+    )

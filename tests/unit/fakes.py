@@ -1,0 +1,304 @@
+"""An in-memory IMAP server behind the Session interface (the pool boundary).
+
+Unit tests drive the real MailStore against it; no network. It records
+every command so tests can assert what was (not) sent, e.g. that a listing
+never fetches a body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from imapfs.errors import AlreadyExists, NotFound, NotSupported, ServerUnavailable
+from imapfs.model import Folder, FolderStatus
+
+
+@dataclass
+class FakeMessage:
+    raw: bytes
+    flags: set[str] = field(default_factory=set)
+    internaldate: dt.datetime = field(default_factory=lambda: dt.datetime(2024, 3, 5, 14, 32,
+                                                                          tzinfo=dt.timezone.utc))
+    reported_size: int | None = None  # simulate a server whose RFC822.SIZE is wrong
+    modseq: int = 1
+
+
+@dataclass
+class FakeMailbox:
+    uidvalidity: int
+    uidnext: int = 1
+    messages: dict[int, FakeMessage] = field(default_factory=dict)
+    modseq: int = 1
+
+
+class FakeServer:
+    def __init__(self, capabilities: tuple[str, ...] = ("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE",
+                                                        "UNSELECT", "IDLE")) -> None:
+        self.capabilities = frozenset(capabilities)
+        self.mailboxes: dict[str, FakeMailbox] = {}
+        self.delimiter = "/"
+        self.commands: list[tuple] = []
+        self.fail_next: list[BaseException] = []
+        self._next_uidvalidity = 1000
+        self.create("INBOX")
+
+    def create(self, name: str) -> FakeMailbox:
+        if name in self.mailboxes:
+            raise AlreadyExists(name)
+        self._next_uidvalidity += 1
+        box = FakeMailbox(uidvalidity=self._next_uidvalidity)
+        self.mailboxes[name] = box
+        return box
+
+    def add(self, folder: str, raw: bytes, flags: tuple[str, ...] = (), **kw: Any) -> int:
+        box = self.mailboxes[folder]
+        uid = box.uidnext
+        box.uidnext += 1
+        box.modseq += 1
+        box.messages[uid] = FakeMessage(raw=raw, flags=set(flags), modseq=box.modseq, **kw)
+        return uid
+
+    def expunge(self, folder: str, uid: int) -> None:
+        box = self.mailboxes[folder]
+        del box.messages[uid]
+        box.modseq += 1
+
+    def session(self) -> FakeSession:
+        return FakeSession(self)
+
+
+def _parse_uid_set(spec: str | list[int], existing: list[int]) -> list[int]:
+    if not isinstance(spec, str):
+        return [u for u in spec if u in existing]
+    wanted: set[int] = set()
+    top = max(existing) if existing else 0
+    for part in spec.split(","):
+        if ":" in part:
+            a, b = part.split(":")
+            lo = top if a == "*" else int(a)
+            hi = top if b == "*" else int(b)
+            lo, hi = min(lo, hi), max(lo, hi)
+            wanted.update(u for u in existing if lo <= u <= hi)
+        else:
+            uid = top if part == "*" else int(part)
+            if uid in existing:
+                wanted.add(uid)
+    return sorted(wanted)
+
+
+class FakeSession:
+    """Implements the verbs of imapfs.pool.Session on a FakeServer."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.broken = False
+        self.selected: str | None = None
+        self.selected_readonly = True
+        self.status: FolderStatus | None = None
+        self.last_used = 0.0
+        self.capabilities = server.capabilities
+
+    def _log(self, *command: Any) -> None:
+        self.server.commands.append(command)
+        if self.server.fail_next:
+            self.broken = True
+            raise self.server.fail_next.pop(0)
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    def _box(self, name: str | None = None) -> FakeMailbox:
+        name = name if name is not None else self.selected
+        if name not in self.server.mailboxes:
+            raise NotFound(f"no mailbox {name}")
+        return self.server.mailboxes[name]
+
+    def list_folders(self) -> list[Folder]:
+        self._log("LIST")
+        return [Folder(name=n, delimiter=self.server.delimiter) for n in sorted(self.server.mailboxes)]
+
+    def select(self, folder: str, readonly: bool = True) -> FolderStatus:
+        self._log("EXAMINE" if readonly else "SELECT", folder)
+        box = self._box(folder)
+        self.selected, self.selected_readonly = folder, readonly
+        self.status = FolderStatus(uidvalidity=box.uidvalidity, exists=len(box.messages), uidnext=box.uidnext,
+                                   highestmodseq=box.modseq if self.has("CONDSTORE") else None)
+        return self.status
+
+    def ensure_selected(self, folder: str, readonly: bool = True) -> FolderStatus:
+        if self.selected == folder and self.status is not None and (readonly or not self.selected_readonly):
+            return self.status
+        return self.select(folder, readonly)
+
+    def search_all_uids(self) -> list[int]:
+        self._log("UID SEARCH", "ALL")
+        return sorted(self._box().messages)
+
+    def fetch(self, uid_set: str | list[int], items: list[str], modifiers: list[str] | None = None
+              ) -> dict[int, dict[bytes, Any]]:
+        self._log("UID FETCH", uid_set if isinstance(uid_set, str) else list(uid_set), tuple(items),
+                  tuple(modifiers or ()))
+        box = self._box()
+        changedsince = None
+        for modifier in modifiers or ():
+            if modifier.upper().startswith("CHANGEDSINCE"):
+                changedsince = int(modifier.split()[1])
+        out: dict[int, dict[bytes, Any]] = {}
+        for uid in _parse_uid_set(uid_set, sorted(box.messages)):
+            msg = box.messages[uid]
+            if changedsince is not None and msg.modseq <= changedsince:
+                continue
+            data: dict[bytes, Any] = {b"UID": uid}
+            for item in items:
+                upper = item.upper()
+                if upper == "FLAGS":
+                    data[b"FLAGS"] = tuple(f.encode() for f in sorted(msg.flags))
+                elif upper == "RFC822.SIZE":
+                    data[b"RFC822.SIZE"] = msg.reported_size if msg.reported_size is not None else len(msg.raw)
+                elif upper == "INTERNALDATE":
+                    data[b"INTERNALDATE"] = msg.internaldate
+                elif upper.startswith("BODY.PEEK[HEADER.FIELDS"):
+                    header = msg.raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+                    wanted = upper[len("BODY.PEEK[HEADER.FIELDS ("):-2].split()
+                    keep = [line for line in _header_lines(header)
+                            if line.split(b":", 1)[0].strip().upper().decode() in wanted]
+                    data[item.replace(".PEEK", "").encode()] = b"".join(keep) + b"\r\n"
+                elif upper == "BODY.PEEK[]":
+                    data[b"BODY[]"] = msg.raw
+                elif upper.startswith("BODY.PEEK[]<"):
+                    start, length = (int(x) for x in upper[len("BODY.PEEK[]<"):-1].split("."))
+                    data[f"BODY[]<{start}>".encode()] = msg.raw[start:start + length]
+                elif upper == "UID":
+                    pass
+                else:
+                    raise NotImplementedError(item)
+            out[uid] = data
+        return out
+
+    def noop(self) -> None:
+        self._log("NOOP")
+
+    def status_of(self, folder: str) -> dict[bytes, int]:
+        self._log("STATUS", folder)
+        box = self._box(folder)
+        return {b"MESSAGES": len(box.messages), b"UIDNEXT": box.uidnext, b"UIDVALIDITY": box.uidvalidity,
+                b"HIGHESTMODSEQ": box.modseq}
+
+    def append(self, folder: str, message: bytes, flags: Any, when: dt.datetime | None) -> int | None:
+        self._log("APPEND", folder, tuple(flags), when)
+        kw = {"internaldate": when} if when else {}
+        return self.server.add(folder, message, tuple(flags), **kw)
+
+    def copy(self, uids: list[int], target: str) -> None:
+        self._log("UID COPY", list(uids), target)
+        box = self._box()
+        for uid in uids:
+            msg = box.messages[uid]
+            self.server.add(target, msg.raw, tuple(msg.flags), internaldate=msg.internaldate)
+
+    def move(self, uids: list[int], target: str) -> None:
+        if not self.has("MOVE"):
+            raise NotSupported("MOVE")
+        self._log("UID MOVE", list(uids), target)
+        box = self._box()
+        for uid in uids:
+            msg = box.messages.pop(uid)
+            self.server.add(target, msg.raw, tuple(msg.flags), internaldate=msg.internaldate)
+        box.modseq += 1
+
+    def set_flags(self, uids: list[int], flags: Any) -> None:
+        self._log("UID STORE FLAGS", list(uids), tuple(flags))
+        box = self._box()
+        box.modseq += 1
+        for uid in uids:
+            box.messages[uid].flags = set(flags)
+            box.messages[uid].modseq = box.modseq
+
+    def add_flags(self, uids: list[int], flags: Any) -> None:
+        self._log("UID STORE +FLAGS", list(uids), tuple(flags))
+        box = self._box()
+        box.modseq += 1
+        for uid in uids:
+            box.messages[uid].flags |= set(flags)
+            box.messages[uid].modseq = box.modseq
+
+    def uid_expunge(self, uids: list[int]) -> None:
+        self._log("UID EXPUNGE", list(uids))
+        box = self._box()
+        for uid in uids:
+            if "\\Deleted" in box.messages.get(uid, FakeMessage(b"")).flags:
+                del box.messages[uid]
+        box.modseq += 1
+
+    def create_folder(self, folder: str) -> None:
+        self._log("CREATE", folder)
+        self.server.create(folder)
+
+    def delete_folder(self, folder: str) -> None:
+        self._log("DELETE", folder)
+        self._box(folder)
+        del self.server.mailboxes[folder]
+
+    def rename_folder(self, old: str, new: str) -> None:
+        self._log("RENAME", old, new)
+        if new in self.server.mailboxes:
+            raise AlreadyExists(new)
+        for name in sorted(self.server.mailboxes):
+            if name == old or name.startswith(old + self.server.delimiter):
+                self.server.mailboxes[new + name[len(old):]] = self.server.mailboxes.pop(name)
+
+    def unselect(self) -> None:
+        self.selected = None
+        self.status = None
+
+    def logout(self) -> None:
+        pass
+
+
+def _header_lines(header: bytes) -> list[bytes]:
+    """Split a header block into whole fields (a field keeps its folded lines)."""
+    fields: list[bytes] = []
+    for line in header.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields
+
+
+class FakePool:
+    """ConnectionPool's interface over FakeSessions, with the same retry rule."""
+
+    def __init__(self, server: FakeServer, retries: int = 2) -> None:
+        self.server = server
+        self.retries = retries
+        self._idle: list[FakeSession] = []
+        self.closed = False
+
+    @contextlib.contextmanager
+    def session(self):
+        session = self._idle.pop() if self._idle else self.server.session()
+        try:
+            yield session
+        finally:
+            if not session.broken:
+                self._idle.append(session)
+
+    def run(self, work, *, idempotent: bool = True):
+        attempts = 1 + (self.retries if idempotent else 0)
+        for attempt in range(attempts):
+            try:
+                with self.session() as session:
+                    return work(session)
+            except ServerUnavailable:
+                if attempt + 1 >= attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,74 @@
+import pytest
+
+from imapfs import names
+
+
+@pytest.mark.parametrize("component", ["INBOX", "a b", "& Co", "a.b.c", "Été", "日本語", "100%", "a/b", ".", "..",
+                                       "%2F", "x%25y", "%", "%2e%2E"])
+def test_folder_component_escaping_is_reversible_and_legal(component):
+    escaped = names.escape_component(component)
+    assert "/" not in escaped and escaped not in {".", "..", ""}
+    assert names.unescape_component(escaped) == component
+
+
+def test_folder_parts_round_trip_with_dot_delimiter():
+    parts = names.folder_to_parts("Archive.2024/03.x", ".")
+    assert parts == ("Archive", "2024%2F03", "x")
+    assert names.parts_to_folder(parts, ".") == "Archive.2024/03.x"
+
+
+def test_plain_names_are_shown_as_they_are():
+    assert names.folder_to_parts("Données/Été", "/") == ("Données", "Été")
+
+
+def test_message_filename_shape():
+    name = names.message_filename(4711, 1709649120, "Quarterly report")
+    assert name == "2024-03-05_1432_Quarterly-report_4711.eml"
+    assert names.uid_from_filename(name) == 4711
+
+
+@pytest.mark.parametrize("subject", ["/", "..", ".", "a/../b", "\"'$(rm -rf x);|&*?<>`", "x" * 700,
+                                     "日本語の件名" * 40, "", "   ", "-.-", "\x00\x01\t\n"])
+def test_slug_is_always_a_legal_short_name(subject):
+    name = names.message_filename(1, 0, subject)
+    assert "/" not in name and "\x00" not in name
+    assert len(name.encode()) <= 255
+    slug = names.slugify(subject)
+    assert slug and not slug.startswith((".", "-"))
+    assert len(slug) <= names.MAX_SLUG_CHARS
+    for ch in "\"'$;|&*?<>` \t\n":
+        assert ch not in slug
+
+
+def test_slug_keeps_letters_of_any_script():
+    assert names.slugify("Привет, мир") == "Привет,-мир"
+    assert names.slugify("テスト") == "テスト"
+    assert names.slugify("Grüße aus Köln") == "Grüße-aus-Köln"
+
+
+def test_uid_from_foreign_names():
+    assert names.uid_from_filename("notes.txt") is None
+    assert names.uid_from_filename("x_12.eml.swp") is None
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"=?utf-8?B?w4lsw6lvbm9yZQ==?=", "Éléonore"),
+    (b"=?UTF-8?Q?caf=C3=A9_au_lait?=", "café au lait"),
+    (b"=?iso-2022-jp?B?GyRCJUYlOSVIGyhC?=", "テスト"),
+    (b"=?koi8-r?B?8NLJ18XU?=", "Привет"),
+    (b"=?utf-8?q?a?= =?utf-8?q?b?=", "ab"),
+    ("Grüße".encode(), "Grüße"),
+    ("Grüße".encode("latin-1"), "Grüße"),
+    (b"=?x-unknown?Q?abc?=", "abc"),
+    (b"=?utf-8?B?!!!notbase64?=", "=?utf-8?B?!!!notbase64?="),
+    (b"plain\r\n folded", "plain folded"),
+])
+def test_decode_header_text(raw, expected):
+    assert names.decode_header_text(raw) == expected
+
+
+def test_header_value_unfolds_and_ignores_case():
+    block = b"Message-ID: <a@b>\r\nsubject: first\r\n  second\r\nX: y\r\n"
+    assert names.header_value(block, "Subject") == b"first  second"
+    assert names.message_id_from_headers(block) == "<a@b>"
+    assert names.header_value(block, "Date") is None

@@ -1,0 +1,170 @@
+"""MailStore against an in-memory server at the pool boundary."""
+
+import datetime as dt
+
+import pytest
+
+from imapfs.config import Options
+from imapfs.errors import NotFound, ServerUnavailable, StaleMessage
+from imapfs.store import CHUNK_SIZE, MailStore
+from tests.unit.fakes import FakePool, FakeServer
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def msg(subject: str, body: bytes = b"hello\r\n") -> bytes:
+    return f"Subject: {subject}\r\nMessage-ID: <{abs(hash(subject))}@x>\r\n\r\n".encode() + body
+
+
+@pytest.fixture
+def server():
+    return FakeServer()
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(server, clock):
+    return MailStore(FakePool(server), Options(listing_ttl=10, fetch_batch=3), clock=clock)
+
+
+def body_fetches(server):
+    return [c for c in server.commands if c[0] == "UID FETCH" and any("BODY.PEEK[]" in i for i in c[2])]
+
+
+def test_listing_fetches_metadata_in_batches_and_no_bodies(server, store):
+    for i in range(7):
+        server.add("INBOX", msg(f"m{i}"))
+    listing = store.listing("INBOX")
+    assert sorted(listing.messages) == list(range(1, 8))
+    fetches = [c for c in server.commands if c[0] == "UID FETCH"]
+    assert len(fetches) == 3  # 7 UIDs in batches of 3
+    assert not body_fetches(server)
+    meta = listing.messages[1]
+    assert meta.filename == "2024-03-05_1432_m0_1.eml"
+    assert meta.size == len(msg("m0"))
+    assert meta.message_id.startswith("<")
+
+
+def test_listing_is_cached_until_ttl_then_synced_incrementally(server, store, clock):
+    server.add("INBOX", msg("a"))
+    store.listing("INBOX")
+    server.add("INBOX", msg("b"))
+    server.commands.clear()
+    assert len(store.listing("INBOX").messages) == 1  # still within the TTL: no command
+    assert server.commands == []
+    clock.now += 11
+    listing = store.listing("INBOX")
+    assert sorted(listing.messages) == [1, 2]
+    metadata = [c for c in server.commands if c[0] == "UID FETCH" and "RFC822.SIZE" in c[2]]
+    assert metadata == [("UID FETCH", [2], metadata[0][2], ())]  # only the new message
+
+
+def test_expunged_messages_disappear_and_flags_follow(server, store, clock):
+    server.add("INBOX", msg("a"))
+    server.add("INBOX", msg("b"))
+    store.listing("INBOX")
+    server.expunge("INBOX", 1)
+    server.mailboxes["INBOX"].messages[2].flags = {"\\Seen"}
+    server.mailboxes["INBOX"].modseq += 1
+    server.mailboxes["INBOX"].messages[2].modseq = server.mailboxes["INBOX"].modseq
+    clock.now += 11
+    listing = store.listing("INBOX")
+    assert list(listing.messages) == [2]
+    assert listing.messages[2].flags == ("\\Seen",)
+
+
+def test_uidvalidity_change_drops_everything(server, store, clock):
+    server.add("INBOX", msg("old"))
+    old = store.listing("INBOX")
+    old_meta = old.messages[1]
+    assert store.read("INBOX", old.uidvalidity, old_meta, 0, 100).startswith(b"Subject: old")
+    del server.mailboxes["INBOX"]
+    server.create("INBOX")
+    server.add("INBOX", msg("new"))
+    clock.now += 11
+    new = store.listing("INBOX")
+    assert new.uidvalidity != old.uidvalidity
+    assert new.messages[1].filename.endswith("_new_1.eml")
+    # A handle opened under the old UIDVALIDITY never gets the new message's bytes.
+    store.bodies = type(store.bodies)(1 << 20)
+    with pytest.raises(StaleMessage):
+        store.read("INBOX", old.uidvalidity, old_meta, 0, 100)
+
+
+def test_read_uses_peek_and_returns_exact_bytes(server, store):
+    raw = msg("x", b"A" * 5000)
+    server.add("INBOX", raw)
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    got = b"".join(store.read("INBOX", listing.uidvalidity, meta, off, 4096) for off in range(0, 9000, 4096))
+    assert got == raw
+    assert all(i.startswith("BODY.PEEK") for c in body_fetches(server) for i in c[2])
+    assert len(body_fetches(server)) == 1  # cached after the first read
+    assert server.mailboxes["INBOX"].messages[1].flags == set()
+
+
+def test_wrong_rfc822_size_is_corrected_on_read(server, store):
+    raw = msg("liar", b"B" * 300)
+    server.add("INBOX", raw, reported_size=100)
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    assert meta.size == 100 and not meta.size_verified
+    assert store.read("INBOX", listing.uidvalidity, meta, 0, 1 << 16) == raw
+    assert meta.size == len(raw) and meta.size_verified
+
+
+def test_large_message_is_read_in_chunks_across_boundaries(server, store):
+    raw = msg("big", bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7))
+    server.add("INBOX", raw)
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    head = store.read("INBOX", listing.uidvalidity, meta, 0, 4096)
+    assert head == raw[:4096]
+    assert len(body_fetches(server)) == 1
+    assert body_fetches(server)[0][2] == (f"BODY.PEEK[]<0.{CHUNK_SIZE}>",)
+    across = store.read("INBOX", listing.uidvalidity, meta, CHUNK_SIZE - 10, 20)
+    assert across == raw[CHUNK_SIZE - 10:CHUNK_SIZE + 10]
+    tail = store.read("INBOX", listing.uidvalidity, meta, len(raw) - 5, 4096)
+    assert tail == raw[-5:]
+    assert store.read("INBOX", listing.uidvalidity, meta, len(raw) + 10, 4096) == b""
+
+
+def test_expunged_message_read_is_not_found(server, store):
+    server.add("INBOX", msg("gone"))
+    listing = store.listing("INBOX")
+    server.expunge("INBOX", 1)
+    with pytest.raises(NotFound):
+        store.read("INBOX", listing.uidvalidity, listing.messages[1], 0, 10)
+
+
+def test_message_lookup_requires_the_exact_name(server, store):
+    server.add("INBOX", msg("exact"))
+    _, meta = store.message("INBOX", "2024-03-05_1432_exact_1.eml")
+    assert meta.uid == 1
+    for wrong in ("2024-03-05_1432_other_1.eml", "x_2.eml", "readme.txt"):
+        with pytest.raises(NotFound):
+            store.message("INBOX", wrong)
+
+
+def test_dropped_connection_is_retried_for_reads(server, store):
+    server.add("INBOX", msg("retry"))
+    server.fail_next.append(ServerUnavailable("connection reset"))
+    assert 1 in store.listing("INBOX").messages
+
+
+def test_internaldate_becomes_mtime_and_name(server, store):
+    when = dt.datetime(2001, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    server.add("INBOX", msg("dated"), internaldate=when)
+    meta = store.listing("INBOX").messages[1]
+    assert meta.internaldate == when.timestamp()
+    assert meta.filename.startswith("2001-02-03_0205_")
