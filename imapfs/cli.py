@@ -228,7 +228,7 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
 
     pool = ConnectionPool(account, password, options)
     store = MailStore(pool, options)
-    operations = ImapFS(store, read_only=True, on_init=report_ready)
+    operations = ImapFS(store, read_only=options.ro, on_init=report_ready)
     kernel_options = dict(fuse_options)
     if options.ro:
         kernel_options["ro"] = True

@@ -4,6 +4,12 @@ Turns paths into folders and messages (via names.py and the store), builds
 stat dicts and file handles, and holds the ONE map from imapfs errors to
 errno (``errno_for``). Anything unexpected is logged with its traceback and
 becomes EIO: mfusepy would otherwise report EINVAL, which misleads users.
+
+Writing is mail management: a file created in a folder is buffered and
+APPENDed when it is closed; rename moves messages and folders; unlink moves
+to Trash. A name a tool wrote under stays resolvable for a while after the
+APPEND (an "alias"), because tools stat, rename and set times on the name
+they wrote, while the message itself lists under its canonical name.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import itertools
 import logging
 import os
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import mfusepy as fuse
+from cachetools import TTLCache
 
-from imapfs import names
+from imapfs import names, rfc5322
 from imapfs.errors import (
     AlreadyExists,
     ConnectError,
@@ -35,7 +43,7 @@ from imapfs.errors import (
     ReadOnly,
     StaleMessage,
 )
-from imapfs.model import Folder, Listing, MessageMeta
+from imapfs.model import Folder, MessageMeta
 from imapfs.store import MailStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,10 @@ XATTR_MESSAGE_ID = "user.imap.message_id"
 XATTR_FOLDER = "user.imap.folder"
 XATTR_UIDVALIDITY = "user.imap.uidvalidity"
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+# How long the name a file was written under keeps resolving after its APPEND.
+ALIAS_SECONDS = 300
+# Bytes of a message being written kept in memory before spilling to a temp file.
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 def errno_for(exc: BaseException) -> int:
@@ -80,8 +92,8 @@ def fuse_operation(method: F) -> F:
             raise
         except ImapFSError as exc:
             number = errno_for(exc)
-            if number in (errno.ENOENT, ENOATTR):
-                log.debug("%s%r: %s", method.__name__, args[:1], exc)
+            if number == errno.ENOENT:
+                log.debug("%s %s: %s", method.__name__, args[0] if args else "", exc)
             else:
                 log.warning("%s %s: %s", method.__name__, args[0] if args else "", exc)
             raise fuse.FuseOSError(number) from exc
@@ -90,6 +102,10 @@ def fuse_operation(method: F) -> F:
             raise fuse.FuseOSError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def refuse(number: int) -> fuse.FuseOSError:
+    return fuse.FuseOSError(number)
 
 
 @dataclass
@@ -101,18 +117,56 @@ class DirNode:
 
 
 @dataclass
-class OpenMessage:
-    folder: str
+class MessageRef:
+    """A message file: where it lives and what the listing knows of it."""
+
+    folder: Folder
     uidvalidity: int
     meta: MessageMeta
 
 
+@dataclass
+class NewFile:
+    """A file being written into a folder; APPENDed when closed."""
+
+    folder: Folder
+    name: str
+    spool: Any = field(default_factory=lambda: tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY))
+    size: int = 0
+    created_ns: int = field(default_factory=time.time_ns)
+    dirty: bool = False
+    discarded: bool = False  # unlinked before close: never append
+    handles: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards spool, size, dirty
+
+
+@dataclass
+class Alias:
+    """The name a tool wrote a message under, after its APPEND."""
+
+    folder: Folder
+    uid: int | None
+    uidvalidity: int | None
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ReadHandle:
+    ref: MessageRef
+
+
+@dataclass
+class WriteHandle:
+    new: NewFile
+
+
 class ImapFS(fuse.Operations):
-    """Folders as directories, messages as read-only .eml files."""
+    """Folders as directories, messages as .eml files."""
 
     use_ns = True
 
-    def __init__(self, store: MailStore, *, read_only: bool = True,
+    def __init__(self, store: MailStore, *, read_only: bool = False,
                  on_init: Callable[[], None] | None = None, on_destroy: Callable[[], None] | None = None) -> None:
         self.store = store
         self.read_only = read_only
@@ -121,9 +175,11 @@ class ImapFS(fuse.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._mounted_at_ns = time.time_ns()
-        self._handles: dict[int, OpenMessage] = {}
+        self._handles: dict[int, ReadHandle | WriteHandle] = {}
         self._handle_ids = itertools.count(1)
-        self._handles_lock = threading.Lock()  # guards _handles
+        self._state_lock = threading.Lock()  # guards _handles, _new_files, _aliases
+        self._new_files: dict[tuple[str, str], NewFile] = {}
+        self._aliases: TTLCache[tuple[str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
         self._tree_lock = threading.Lock()  # guards _tree_source, _tree
         self._tree_source: list[Folder] | None = None
         self._tree = DirNode(folder=None)
@@ -157,18 +213,52 @@ class ImapFS(fuse.Operations):
             node = child
         return node
 
-    def _resolve(self, path: str) -> DirNode | tuple[Folder, Listing, MessageMeta]:
-        parts = [p for p in path.split("/") if p]
+    @staticmethod
+    def _split(path: str) -> list[str]:
+        return [p for p in path.split("/") if p]
+
+    def _parent_folder(self, path: str) -> tuple[Folder, str]:
+        """The selectable folder a file path lives in, and the file name."""
+        parts = self._split(path)
+        parent = self._dir(parts[:-1]) if parts else None
+        if parent is None or parent.folder is None or not parent.folder.selectable or not parts:
+            raise NotFound(path)
+        return parent.folder, parts[-1]
+
+    def _resolve(self, path: str) -> DirNode | MessageRef | NewFile | Alias:
+        parts = self._split(path)
         node = self._dir(parts)
         if node is not None:
             return node
-        if not parts or not parts[-1].endswith(names.EML_SUFFIX):
-            raise NotFound(path)
-        parent = self._dir(parts[:-1])
-        if parent is None or parent.folder is None or not parent.folder.selectable:
-            raise NotFound(path)
-        listing, meta = self.store.message(parent.folder.name, parts[-1])
-        return parent.folder, listing, meta
+        folder, name = self._parent_folder(path)
+        key = (folder.name, name)
+        with self._state_lock:
+            new = self._new_files.get(key)
+            alias = self._aliases.get(key)
+        if new is not None:
+            return new
+        if alias is not None:
+            return alias
+        listing, meta = self.store.message(folder.name, name)
+        return MessageRef(folder, listing.uidvalidity, meta)
+
+    def _message(self, path: str) -> MessageRef:
+        """The message at path (also under a name it was just written as)."""
+        target = self._resolve(path)
+        if isinstance(target, MessageRef):
+            return target
+        if isinstance(target, Alias) and target.uid is not None and target.uidvalidity is not None:
+            listing = self.store.listing(target.folder.name)
+            meta = listing.messages.get(target.uid)
+            if meta is not None and listing.uidvalidity == target.uidvalidity:
+                return MessageRef(target.folder, listing.uidvalidity, meta)
+        if isinstance(target, DirNode):
+            raise refuse(errno.EISDIR)
+        raise NotFound(path)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnly("mounted read-only")
 
     # --- attributes ------------------------------------------------------
     @fuse_operation
@@ -176,7 +266,12 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if isinstance(target, DirNode):
             return self._dir_stat(target)
-        return self._file_stat(target[2])
+        if isinstance(target, NewFile):
+            return self._stat(0o644, target.size, target.created_ns)
+        if isinstance(target, Alias):
+            return self._stat(0o444, target.size, target.mtime_ns)
+        meta = target.meta
+        return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
 
     def _dir_stat(self, node: DirNode) -> dict[str, Any]:
         mode = 0o555 if self.read_only else 0o755
@@ -184,21 +279,22 @@ class ImapFS(fuse.Operations):
                 "st_gid": self._gid, "st_size": 0, "st_mtime": self._mounted_at_ns,
                 "st_ctime": self._mounted_at_ns, "st_atime": self._mounted_at_ns}
 
-    def _file_stat(self, meta: MessageMeta) -> dict[str, Any]:
-        when = int(meta.internaldate * 1e9)
-        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_uid": self._uid, "st_gid": self._gid,
-                "st_size": meta.size, "st_blocks": (meta.size + 511) // 512, "st_blksize": 65536,
-                "st_mtime": when, "st_ctime": when, "st_atime": when}
+    def _stat(self, mode: int, size: int, when_ns: int) -> dict[str, Any]:
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self._uid, "st_gid": self._gid,
+                "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 65536,
+                "st_mtime": when_ns, "st_ctime": when_ns, "st_atime": when_ns}
 
     @fuse_operation
     def readdir(self, path: str, fh: int) -> list[str]:
         node = self._resolve(path)
         if not isinstance(node, DirNode):
-            raise fuse.FuseOSError(errno.ENOTDIR)
+            raise refuse(errno.ENOTDIR)
         entries = [".", ".."] + list(node.children)
         if node.folder is not None and node.folder.selectable:
             listing = self.store.listing(node.folder.name)
             entries.extend(name for name in listing.by_name if name not in node.children)
+            with self._state_lock:
+                entries.extend(name for (folder, name) in self._new_files if folder == node.folder.name)
         return entries
 
     @fuse_operation
@@ -209,43 +305,75 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def access(self, path: str, amode: int) -> int:
         target = self._resolve(path)
-        if amode & os.W_OK and (self.read_only or not isinstance(target, DirNode)):
-            raise ReadOnly(path)
+        if amode & os.W_OK:
+            self._check_writable()
+            if isinstance(target, (MessageRef, Alias)):
+                raise refuse(errno.EACCES)
         return 0
 
     # --- reading ---------------------------------------------------------
+    def _new_handle(self, handle: ReadHandle | WriteHandle) -> int:
+        with self._state_lock:
+            number = next(self._handle_ids)
+            self._handles[number] = handle
+            return number
+
+    def _handle(self, fi: Any) -> ReadHandle | WriteHandle:
+        with self._state_lock:
+            handle = self._handles.get(fi.fh)
+        if handle is None:
+            raise refuse(errno.EBADF)
+        return handle
+
     @fuse_operation
     def open(self, path: str, fi: Any) -> int:
-        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise ReadOnly(path)
+        writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND)
         target = self._resolve(path)
         if isinstance(target, DirNode):
-            raise fuse.FuseOSError(errno.EISDIR)
-        folder, listing, meta = target
-        with self._handles_lock:
-            handle = next(self._handle_ids)
-            self._handles[handle] = OpenMessage(folder.name, listing.uidvalidity, meta)
-        fi.fh = handle
+            raise refuse(errno.EISDIR)
+        if isinstance(target, NewFile):
+            # A second open of a file still being written (some tools reopen it).
+            with self._state_lock:
+                target.handles += 1
+            fi.fh = self._new_handle(WriteHandle(target))
+            fi.direct_io = 1
+            return 0
+        if writing:
+            self._check_writable()
+            raise refuse(errno.EACCES)  # messages are immutable in IMAP
+        ref = self._message(path)
+        fi.fh = self._new_handle(ReadHandle(ref))
         # A message is immutable, so the kernel may keep its pages across
         # opens. Until its real length is known (RFC822.SIZE can be wrong),
         # read it direct: the kernel then neither truncates nor pads at the
         # st_size it cached.
-        fi.keep_cache = 1 if meta.size_verified else 0
-        fi.direct_io = 0 if meta.size_verified else 1
+        fi.keep_cache = 1 if ref.meta.size_verified else 0
+        fi.direct_io = 0 if ref.meta.size_verified else 1
         return 0
 
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        with self._handles_lock:
-            handle = self._handles.get(fi.fh)
-        if handle is None:
-            raise fuse.FuseOSError(errno.EBADF)
-        return self.store.read(handle.folder, handle.uidvalidity, handle.meta, offset, size)
+        handle = self._handle(fi)
+        if isinstance(handle, WriteHandle):
+            with handle.new.lock:
+                handle.new.spool.seek(offset)
+                return handle.new.spool.read(size)
+        ref = handle.ref
+        return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
 
     @fuse_operation
     def release(self, path: str, fi: Any) -> int:
-        with self._handles_lock:
-            self._handles.pop(fi.fh, None)
+        with self._state_lock:
+            handle = self._handles.pop(fi.fh, None)
+        if isinstance(handle, WriteHandle):
+            new = handle.new
+            try:
+                self._append_if_dirty(new)
+            except ImapFSError as exc:
+                # flush() already reported this to the writer; say it once more in the log.
+                log.warning("message written as %r was not appended: %s", new.name, exc)
+            finally:
+                self._drop_new_file(new)
         return 0
 
     # --- extended attributes ---------------------------------------------
@@ -254,6 +382,8 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if isinstance(target, DirNode):
             return [XATTR_FOLDER] if target.folder is not None else []
+        if isinstance(target, NewFile):
+            return []
         return [XATTR_FLAGS, XATTR_UID, XATTR_MESSAGE_ID, XATTR_UIDVALIDITY]
 
     @fuse_operation
@@ -262,25 +392,262 @@ class ImapFS(fuse.Operations):
         if isinstance(target, DirNode):
             if name == XATTR_FOLDER and target.folder is not None:
                 return target.folder.name.encode("utf-8")
-            raise fuse.FuseOSError(ENOATTR)
-        _folder, listing, meta = target
+            raise refuse(ENOATTR)
+        if isinstance(target, NewFile):
+            raise refuse(ENOATTR)
+        ref = self._message(path)
         values = {
-            XATTR_FLAGS: " ".join(meta.flags),
-            XATTR_UID: str(meta.uid),
-            XATTR_MESSAGE_ID: meta.message_id,
-            XATTR_UIDVALIDITY: str(listing.uidvalidity),
+            XATTR_FLAGS: " ".join(ref.meta.flags),
+            XATTR_UID: str(ref.meta.uid),
+            XATTR_MESSAGE_ID: ref.meta.message_id,
+            XATTR_UIDVALIDITY: str(ref.uidvalidity),
         }
         if name not in values:
-            raise fuse.FuseOSError(ENOATTR)
+            raise refuse(ENOATTR)
         return values[name].encode("utf-8")
 
-    # --- writing (the read-only mount refuses everything) ----------------
-    def _refuse(self, path: str, *args: Any) -> int:
-        raise fuse.FuseOSError(errno.EROFS)
+    @fuse_operation
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._check_writable()
+        if name != XATTR_FLAGS:
+            # ENOTSUP lets cp/mv/rsync skip xattrs they try to preserve.
+            raise refuse(errno.ENOTSUP)
+        ref = self._message(path)
+        flags = rfc5322.parse_flag_list(value.decode("utf-8", "replace"))
+        if flags is None:
+            raise InvalidMessage(f"not a list of IMAP flags: {value!r}")
+        self.store.set_flags(ref.folder.name, ref.uidvalidity, ref.meta.uid, flags)
+        return 0
 
-    create = mknod = mkdir = unlink = rmdir = symlink = link = _refuse  # type: ignore[assignment]
-    rename = chmod = chown = truncate = utimens = write = _refuse  # type: ignore[assignment]
-    setxattr = removexattr = _refuse  # type: ignore[assignment]
+    @fuse_operation
+    def removexattr(self, path: str, name: str) -> int:
+        self._check_writable()
+        raise refuse(errno.ENOTSUP)
+
+    # --- messages in -----------------------------------------------------
+    @fuse_operation
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        self._check_writable()
+        folder, name = self._parent_folder(path)
+        with self._state_lock:
+            if (folder.name, name) in self._new_files:
+                raise AlreadyExists(path)
+        new = NewFile(folder=folder, name=name, handles=1)
+        with self._state_lock:
+            self._new_files[(folder.name, name)] = new
+            self._aliases.pop((folder.name, name), None)
+        fi.fh = self._new_handle(WriteHandle(new))
+        fi.direct_io = 1
+        return 0
+
+    @fuse_operation
+    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        handle = self._handle(fi)
+        if not isinstance(handle, WriteHandle):
+            raise refuse(errno.EBADF)
+        new = handle.new
+        with new.lock:
+            new.spool.seek(offset)
+            new.spool.write(data)
+            new.size = max(new.size, offset + len(data))
+            new.dirty = True
+        return len(data)
+
+    @fuse_operation
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        self._check_writable()
+        target = self._resolve(path)
+        if not isinstance(target, NewFile):
+            raise refuse(errno.EACCES)  # messages are immutable in IMAP
+        with target.lock:
+            target.spool.truncate(length)
+            target.size = length
+            target.dirty = True
+        return 0
+
+    @fuse_operation
+    def flush(self, path: str, fi: Any) -> int:
+        # close(2) waits for flush, not for release: an APPEND failure
+        # reported here makes `cp` exit non-zero, as it must.
+        handle = self._handle(fi)
+        if isinstance(handle, WriteHandle):
+            self._append_if_dirty(handle.new)
+        return 0
+
+    @fuse_operation
+    def fsync(self, path: str, datasync: int, fi: Any) -> int:
+        return self.flush(path, fi)
+
+    def _append_if_dirty(self, new: NewFile) -> None:
+        with new.lock:
+            if not new.dirty or new.discarded:
+                return
+            new.spool.seek(0)
+            data = new.spool.read()
+            new.dirty = False
+        problem = rfc5322.looks_like_message(data)
+        if problem:
+            raise InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
+        flags = rfc5322.flags_from_filename(new.name)
+        when = rfc5322.internaldate_from_headers(data)
+        uid = self.store.append(new.folder.name, data, flags, when)
+        uidvalidity = self.store.listing(new.folder.name).uidvalidity if uid is not None else None
+        mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
+        with self._state_lock:
+            self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, len(data), mtime_ns)
+
+    def _drop_new_file(self, new: NewFile) -> None:
+        with self._state_lock:
+            new.handles -= 1
+            if new.handles > 0:
+                return
+            if self._new_files.get((new.folder.name, new.name)) is new:
+                del self._new_files[(new.folder.name, new.name)]
+        new.spool.close()
+
+    # --- messages out and between folders ---------------------------------
+    @fuse_operation
+    def unlink(self, path: str) -> int:
+        self._check_writable()
+        target = self._resolve(path)
+        if isinstance(target, DirNode):
+            raise refuse(errno.EISDIR)
+        if isinstance(target, NewFile):
+            with target.lock:
+                target.discarded = True
+            with self._state_lock:
+                self._new_files.pop((target.folder.name, target.name), None)
+            return 0
+        ref = self._message(path)
+        self.store.delete(ref.folder.name, ref.uidvalidity, ref.meta.uid)
+        self._forget_aliases_of(ref)
+        return 0
+
+    def _forget_aliases_of(self, ref: MessageRef) -> None:
+        with self._state_lock:
+            for key, alias in list(self._aliases.items()):
+                if alias.folder.name == ref.folder.name and alias.uid == ref.meta.uid:
+                    self._aliases.pop(key, None)
+
+    @fuse_operation
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._check_writable()
+        source = self._resolve(old)
+        if isinstance(source, DirNode):
+            return self._rename_folder(old, new, source)
+        new_folder, new_name = self._parent_folder(new)
+        old_folder, old_name = self._parent_folder(old)
+        if isinstance(source, (NewFile, Alias)) and new_folder.name == old_folder.name:
+            return self._rename_written(source, old_name, new_name)
+        ref = self._message(old)
+        if new_folder.name == old_folder.name:
+            raise refuse(errno.EPERM)  # a message's name is derived from it; it cannot be chosen
+        self.store.move(old_folder.name, ref.uidvalidity, ref.meta.uid, new_folder.name)
+        self._forget_aliases_of(ref)
+        return 0
+
+    def _rename_written(self, source: NewFile | Alias, old_name: str, new_name: str) -> int:
+        """rsync and mail tools write a temp name, then rename it: follow the
+        name, and apply flags the new Maildir-style name carries."""
+        folder = source.folder.name
+        with self._state_lock:
+            if isinstance(source, NewFile):
+                self._new_files.pop((folder, old_name), None)
+                source.name = new_name
+                self._new_files[(folder, new_name)] = source
+                return 0
+            self._aliases.pop((folder, old_name), None)
+            self._aliases[(folder, new_name)] = source
+        wanted = set(rfc5322.flags_from_filename(new_name)) - set(rfc5322.flags_from_filename(old_name))
+        if wanted and source.uid is not None and source.uidvalidity is not None:
+            listing = self.store.listing(folder)
+            meta = listing.messages.get(source.uid)
+            if meta is not None:
+                self.store.set_flags(folder, source.uidvalidity, source.uid, tuple(sorted(set(meta.flags) | wanted)))
+        return 0
+
+    def _rename_folder(self, old: str, new: str, node: DirNode) -> int:
+        if node.folder is None:
+            raise refuse(errno.EPERM)  # a level that is no IMAP folder has nothing to rename
+        new_parts = self._split(new)
+        if not new_parts or self._dir(new_parts) is not None:
+            raise AlreadyExists(new)
+        parent = self._dir(new_parts[:-1])
+        if parent is None:
+            raise NotFound(new)
+        delimiter = node.folder.delimiter
+        target = names.parts_to_folder(new_parts, delimiter)
+        self.store.rename_folder(node.folder.name, target)
+        return 0
+
+    # --- folders ---------------------------------------------------------
+    @fuse_operation
+    def mkdir(self, path: str, mode: int) -> int:
+        self._check_writable()
+        parts = self._split(path)
+        if self._dir(parts) is not None:
+            raise AlreadyExists(path)
+        if self._dir(parts[:-1]) is None:
+            raise NotFound(path)
+        self.store.create_folder(names.parts_to_folder(parts, self._delimiter()))
+        return 0
+
+    def _delimiter(self) -> str | None:
+        for folder in self.store.folders():
+            if folder.delimiter:
+                return folder.delimiter
+        return None
+
+    @fuse_operation
+    def rmdir(self, path: str) -> int:
+        self._check_writable()
+        node = self._dir(self._split(path))
+        if node is None:
+            raise NotFound(path)
+        if node.children:
+            raise NotEmpty(path)
+        if node.folder is None:
+            raise NotFound(path)
+        self.store.delete_folder(node.folder.name)
+        return 0
+
+    # --- attributes tools set on what they wrote --------------------------
+    def _accept_metadata_change(self, path: str) -> int:
+        """cp -p, mv and rsync -t set times, modes and owners on what they wrote;
+        for directories and just-written files that has no meaning in IMAP
+        and is accepted. On a stored message it would be a lie: refused."""
+        self._check_writable()
+        target = self._resolve(path)
+        if isinstance(target, MessageRef):
+            raise refuse(errno.EPERM)
+        return 0
+
+    @fuse_operation
+    def utimens(self, path: str, times: Any = None) -> int:
+        return self._accept_metadata_change(path)
+
+    @fuse_operation
+    def chmod(self, path: str, mode: int) -> int:
+        return self._accept_metadata_change(path)
+
+    @fuse_operation
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self._accept_metadata_change(path)
+
+    @fuse_operation
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._check_writable()
+        raise refuse(errno.EPERM)
+
+    @fuse_operation
+    def symlink(self, target: str, source: str) -> int:
+        self._check_writable()
+        raise refuse(errno.EPERM)
+
+    @fuse_operation
+    def link(self, target: str, source: str) -> int:
+        self._check_writable()
+        raise refuse(errno.EPERM)
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imapexc
-from imapclient.imapclient import SocketTimeout
+from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
+from imapclient.response_parser import parse_fetch_response
 
 from imapfs.config import Account, Options
 from imapfs.errors import (
@@ -42,6 +43,8 @@ from imapfs.model import Folder, FolderStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A pooled connection idle longer than this is probed with NOOP before a write.
+IDLE_CHECK_AFTER = 20.0
 
 
 def make_ssl_context(ca_file: str | None) -> ssl.SSLContext:
@@ -186,10 +189,29 @@ class Session:
 
     def fetch(self, uid_set: str | list[int], items: list[str],
               modifiers: list[str] | None = None) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH; the result is keyed by UID.
+
+        imapclient's own fetch() only accepts lists of single UIDs (it drops
+        responses for anything it cannot int() from the request), which
+        would make every command line as long as its UID list. So the
+        command is sent through imapclient's lower layer with a compact set
+        like 1:500. Untagged FETCH responses without a UID (unsolicited
+        flag updates, keyed by sequence number) are dropped: attributing
+        them to a UID would be a guess.
+        """
         if not isinstance(uid_set, str):
             uid_set = compact_uid_set(uid_set)
+        args = ["UID", "FETCH", uid_set, seq_to_parenstr_upper(items)]
+        if modifiers:
+            args.append(seq_to_parenstr_upper(modifiers))
         with self._translating():
-            return self._client.fetch(uid_set, items, modifiers=modifiers)
+            imap = self._client._imap
+            tag = imap._command(*args)
+            typ, data = imap._command_complete("FETCH", tag)
+            self._client._checkok("fetch", typ, data)
+            typ, data = imap._untagged_response(typ, data, "FETCH")
+            parsed = parse_fetch_response(data, self._client.normalise_times, False)
+        return {int(values[b"UID"]): values for values in parsed.values() if b"UID" in values}
 
     def noop(self) -> None:
         with self._translating():
@@ -362,19 +384,26 @@ class ConnectionPool:
             self._release(session)
 
     def run(self, work: Callable[[Session], T], *, idempotent: bool = True) -> T:
-        """Run work(session); retry on a fresh connection if it may safely be repeated."""
-        attempts = 1 + (self._options.retries if idempotent else 0)
+        """Run work(session), retrying on a fresh connection when that is safe.
+
+        Idempotent work (LIST, SELECT, FETCH, STATUS) is retried after any
+        connection failure. Other work is retried only if the failure came
+        before it was sent: a pooled connection that sat idle is checked
+        with NOOP first, so a write is not lost into a connection that died
+        silently, and never sent twice.
+        """
+        attempts = 1 + self._options.retries
         delay = 0.2
         for attempt in range(1, attempts + 1):
+            sent = False
             try:
                 with self.session() as session:
-                    if not idempotent and time.monotonic() - session.last_used > 60:
-                        # A write must not be sent into a connection that died
-                        # silently: find out first, while retrying is still safe.
+                    if not idempotent and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
                         session.noop()
+                    sent = True
                     return work(session)
             except ServerUnavailable as exc:
-                if attempt >= attempts:
+                if attempt >= attempts or (sent and not idempotent):
                     raise
                 log.info("IMAP connection failed (%s); retrying (%d/%d)", exc, attempt, attempts - 1)
                 time.sleep(delay)

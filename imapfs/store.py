@@ -9,6 +9,7 @@ fetched with BODY.PEEK, so reading never sets \\Seen.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from imapfs import names
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
-from imapfs.errors import NotFound, ProtocolError, StaleMessage
+from imapfs.errors import NotEmpty, NotFound, NotSupported, ProtocolError, StaleMessage
 from imapfs.model import Folder, Listing, MessageMeta
 from imapfs.pool import ConnectionPool, Session, compact_uid_set
 
@@ -225,8 +226,142 @@ class MailStore:
         raise ProtocolError(f"server sent no body for UID {uid} in {folder!r}")
 
 
+    # --- writing ---------------------------------------------------------
+    # Writes are never retried once sent (pool.run(idempotent=False)), and
+    # every successful one marks the folders it touched stale, so the next
+    # listing resynchronises instead of serving what was cached before.
+
+    def append(self, folder: str, data: bytes, flags: tuple[str, ...], when: dt.datetime | None) -> int | None:
+        """APPEND a message; returns its UID when the server says (UIDPLUS)."""
+        try:
+            uid = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
+        finally:
+            self.listings.mark_stale(folder)
+        log.info("appended %d bytes to %r as UID %s", len(data), folder, uid)
+        return uid
+
+    def _select_for_write(self, session: Session, folder: str, uidvalidity: int, uid: int) -> None:
+        status = session.select(folder, readonly=False)
+        if status.uidvalidity != uidvalidity:
+            raise StaleMessage(f"folder {folder!r} was recreated")
+        if uid not in session.fetch([uid], ["UID"]):
+            raise NotFound(f"UID {uid} is no longer in {folder!r}")
+
+    def move(self, source: str, uidvalidity: int, uid: int, target: str) -> None:
+        """Move one message between folders without it ever being in neither.
+
+        UID MOVE (RFC 6851) is atomic. Without it: UID COPY, then \\Deleted
+        and UID EXPUNGE of that UID only (UIDPLUS); a failure after the COPY
+        leaves the message in both folders, and says so.
+        """
+        if source == target:
+            return
+
+        def work(session: Session) -> None:
+            self._select_for_write(session, source, uidvalidity, uid)
+            if session.has("MOVE"):
+                session.move([uid], target)
+                return
+            if not session.has("UIDPLUS"):
+                raise NotSupported("the server offers neither MOVE nor UIDPLUS; a plain EXPUNGE could "
+                                   "take other deleted messages with it, so imapfs does not move")
+            session.copy([uid], target)
+            try:
+                session.add_flags([uid], ["\\Deleted"])
+                session.uid_expunge([uid])
+            except Exception:
+                log.error("UID %d was copied from %r to %r but could not be removed from %r; "
+                          "it is now in both folders", uid, source, target, source)
+                raise
+
+        try:
+            self.pool.run(work, idempotent=False)
+        finally:
+            self.listings.mark_stale(source)
+            self.listings.mark_stale(target)
+        log.info("moved UID %d from %r to %r", uid, source, target)
+
+    def trash_folder(self) -> str:
+        """The folder with the \\Trash special-use attribute, else one named Trash (created if missing)."""
+        folders = self.folders()
+        for folder in folders:
+            if folder.special_use and folder.special_use.lower() == "\\trash":
+                return folder.name
+        for folder in folders:
+            if folder.name.lower() == "trash" or folder.name.lower().endswith(("/trash", ".trash")):
+                return folder.name
+        self.create_folder("Trash")
+        return "Trash"
+
+    def delete(self, folder: str, uidvalidity: int, uid: int) -> None:
+        """rm: move to Trash; in Trash (or with delete=expunge), expunge that UID only."""
+        trash = None if self.options.delete == "expunge" else self.trash_folder()
+        if trash is not None and trash != folder:
+            self.move(folder, uidvalidity, uid, trash)
+            return
+
+        def work(session: Session) -> None:
+            if not session.has("UIDPLUS"):
+                raise NotSupported("the server lacks UIDPLUS: expunging one message would expunge every "
+                                   "message marked deleted, so imapfs refuses")
+            self._select_for_write(session, folder, uidvalidity, uid)
+            session.add_flags([uid], ["\\Deleted"])
+            session.uid_expunge([uid])
+
+        try:
+            self.pool.run(work, idempotent=False)
+        finally:
+            self.listings.mark_stale(folder)
+        log.info("expunged UID %d from %r", uid, folder)
+
+    def set_flags(self, folder: str, uidvalidity: int, uid: int, flags: tuple[str, ...]) -> None:
+        """Replace a message's flags (STORE FLAGS); safe to repeat, so retried."""
+        def work(session: Session) -> None:
+            self._select_for_write(session, folder, uidvalidity, uid)
+            session.set_flags([uid], flags)
+
+        try:
+            self.pool.run(work, idempotent=True)
+        finally:
+            self.listings.mark_stale(folder)
+
+    def create_folder(self, name: str) -> None:
+        try:
+            self.pool.run(lambda s: s.create_folder(name), idempotent=False)
+        finally:
+            self.listings.invalidate_folders()
+        log.info("created folder %r", name)
+
+    def delete_folder(self, name: str) -> None:
+        """DELETE a folder, only if it holds no messages (IMAP would delete them with it)."""
+        def work(session: Session) -> None:
+            folder = next((f for f in session.list_folders() if f.name == name), None)
+            if folder is None:
+                raise NotFound(f"no folder {name!r}")
+            if folder.selectable and session.select(name, readonly=True).exists:
+                raise NotEmpty(f"folder {name!r} still holds messages")
+            session.delete_folder(name)
+
+        try:
+            self.pool.run(work, idempotent=False)
+        finally:
+            self.listings.invalidate_folders()
+            self.listings.invalidate(name)
+        log.info("deleted folder %r", name)
+
+    def rename_folder(self, old: str, new: str) -> None:
+        try:
+            self.pool.run(lambda s: s.rename_folder(old, new), idempotent=False)
+        finally:
+            self.listings.invalidate_folders()
+            self.listings.invalidate(old)
+        log.info("renamed folder %r to %r", old, new)
+
+
 def _flags(raw: Any) -> tuple[str, ...]:
-    return tuple(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in raw)
+    flags = (f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in raw)
+    # \Recent belongs to one session (RFC 3501 2.3.2); showing it would only confuse.
+    return tuple(f for f in flags if f.lower() != "\\recent")
 
 
 def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:

@@ -1,0 +1,96 @@
+"""What a file written into a folder must look like to become a message,
+and what its name and headers say about the APPEND. Pure functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import re
+
+from imapfs import names
+
+# RFC 5322 2.2: a field name is printable US-ASCII except ':' and space.
+_FIELD_RE = re.compile(rb"[!-9;-~]+[ \t]*:")
+_MAILDIR_INFO_RE = re.compile(r":2,([A-Za-z]*)")
+MAILDIR_FLAGS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered", "D": "\\Draft"}
+# 'T' (trashed) is deliberately not mapped: appending a message as \Deleted
+# would hand it to the next EXPUNGE, the opposite of archiving it.
+MAX_HEADER_SCAN = 256 * 1024
+
+
+def looks_like_message(data: bytes) -> str | None:
+    """None if data begins with an RFC 5322 header block, else why not.
+
+    Checked: the first line is a header field, every line up to the blank
+    line (or the end) is a field or a folded continuation, and no NUL byte
+    appears in the header. That refuses images, archives, empty files and
+    text that is not mail, while taking any real message, however broken
+    its MIME body.
+    """
+    if not data:
+        return "the file is empty"
+    head = data[:MAX_HEADER_SCAN]
+    end = _header_end(head)
+    block = head if end is None else head[:end]
+    if b"\x00" in block:
+        return "the header contains NUL bytes (binary data, not mail)"
+    lines = block.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not lines or not _FIELD_RE.match(lines[0]):
+        return "it does not begin with a mail header (Field: value)"
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            continue
+        if not _FIELD_RE.match(line):
+            return "its header block contains a line that is not a header field"
+    if end is None and len(data) > MAX_HEADER_SCAN:
+        return "no end of header found in the first 256 KiB"
+    return None
+
+
+def _header_end(data: bytes) -> int | None:
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        index = data.find(separator)
+        if index >= 0:
+            return index + len(separator) // 2
+    return None
+
+
+def internaldate_from_headers(data: bytes) -> dt.datetime | None:
+    """The Date header as an aware datetime, or None (the server then uses now)."""
+    end = _header_end(data[:MAX_HEADER_SCAN])
+    raw = names.header_value(data[:end] if end else data[:MAX_HEADER_SCAN], "Date")
+    if not raw:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(raw.decode("ascii", "replace"))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # "-0000": no zone information (RFC 5322 3.3); take UTC
+        when = when.replace(tzinfo=dt.timezone.utc)
+    if not 1970 <= when.year <= 2200:
+        return None
+    return when
+
+
+def flags_from_filename(name: str) -> tuple[str, ...]:
+    """Maildir info suffix ':2,FRS' -> IMAP flags (unknown letters ignored)."""
+    match = _MAILDIR_INFO_RE.search(name)
+    if not match:
+        return ()
+    return tuple(MAILDIR_FLAGS[c] for c in sorted(set(match.group(1))) if c in MAILDIR_FLAGS)
+
+
+_FLAG_RE = re.compile(r"\\?[!#$&'+\-.0-9<>?@A-Z^_`a-z|~]+")
+
+
+def parse_flag_list(text: str) -> tuple[str, ...] | None:
+    """'\\Seen \\Flagged $Label' -> flags, or None if a word is no valid flag."""
+    flags = tuple(text.split())
+    if all(_FLAG_RE.fullmatch(f) for f in flags):
+        return flags
+    return None

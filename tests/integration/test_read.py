@@ -1,0 +1,243 @@
+"""The read-only view: ls, stat, cat, grep -r, cp -r, getfattr on a real mount."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.conftest import is_mounted
+from tests.integration.helpers import eml_files, message, server_messages, sh
+from tests.support.corpus import bad_input_messages, odd_folder_names
+
+WHEN = dt.datetime(2024, 3, 5, 14, 32, 7, tzinfo=dt.timezone.utc)
+
+
+def test_messages_list_with_exact_size_mtime_and_bytes(dovecot, imap, fresh_folder, mount):
+    raws = [message("Quarterly report", "numbers"), message("Lunch?", "tomorrow")]
+    uids = [dovecot.append(fresh_folder, raw, msg_time=WHEN) for raw in raws]
+    m = mount()
+    folder = m.path / fresh_folder
+    listing = sh("ls", "-l", "--time-style=+%s", folder).stdout.decode()
+    names = sorted(p.name for p in eml_files(folder))
+    assert names == sorted([f"2024-03-05_1432_Quarterly-report_{uids[0]}.eml", f"2024-03-05_1432_Lunch_{uids[1]}.eml"])
+    for raw, uid in zip(raws, uids, strict=True):
+        path = next(p for p in eml_files(folder) if p.name.endswith(f"_{uid}.eml"))
+        st = path.stat()
+        assert st.st_size == len(raw)
+        assert int(st.st_mtime) == int(WHEN.timestamp())
+        assert f" {len(raw)} {int(WHEN.timestamp())} {path.name}" in listing
+        assert oct(st.st_mode & 0o777) == oct(0o444)
+        assert sh("cat", path).stdout == raw
+    # Reading never marks mail as read.
+    assert all(b"\\Seen" not in m2["flags"] for m2 in server_messages(imap, fresh_folder).values())
+
+
+def test_inbox_and_folders_are_directories(dovecot, mount):
+    m = mount()
+    top = sorted(os.listdir(m.path))
+    assert "INBOX" in top and "Trash" in top
+    assert (m.path / "INBOX").is_dir()
+
+
+def test_bad_input_lists_under_unique_legal_names_and_reads_back_exactly(dovecot, fresh_folder, mount):
+    corpus = bad_input_messages()
+    uid_to_raw = {dovecot.append(fresh_folder, raw): raw for _id, raw in corpus}
+    m = mount()
+    files = eml_files(m.path / fresh_folder)
+    assert len(files) == len(corpus)
+    assert len({f.name for f in files}) == len(files)
+    for path in files:
+        assert len(path.name.encode()) <= 255
+        assert path.name not in {".", ".."} and "/" not in path.name
+        uid = int(path.name.rsplit("_", 1)[1].removesuffix(".eml"))
+        raw = uid_to_raw[uid]
+        assert path.stat().st_size == len(raw), path.name
+        assert sh("cat", path).stdout == raw, path.name
+    by_subject = " ".join(f.name for f in files)
+    assert "no-subject" in by_subject
+    assert "テスト" in by_subject or "日本" in by_subject or any("Привет" in f.name for f in files)
+
+
+def test_odd_folder_names_become_directories(dovecot, mount):
+    folders = odd_folder_names()
+    for name in folders:
+        try:
+            dovecot.create_folder(name)
+        except Exception:  # already there from an earlier test in this session
+            pass
+    dovecot.append("Données/Été", message("deep", "in summer"))
+    dovecot.append("L1/L2/L3/L4/L5/L6", message("deepest", "six levels"))
+    m = mount()
+    for name in folders:
+        assert (m.path / name).is_dir(), name
+    assert any(p.name.endswith(".eml") for p in (m.path / "Données" / "Été").iterdir())
+    deepest = eml_files(m.path / "L1/L2/L3/L4/L5/L6")
+    assert deepest and b"six levels" in deepest[0].read_bytes()
+
+
+def test_grep_and_cp_r_see_every_message(dovecot, fresh_folder, mount, tmp_path):
+    raws = [message(f"note {i}", f"token-{i % 3} body {i}") for i in range(30)]
+    for raw in raws:
+        dovecot.append(fresh_folder, raw)
+    m = mount()
+    grep = sh("grep", "-rl", "token-1", m.path / fresh_folder).stdout.decode().split()
+    assert len(grep) == 10
+    target = tmp_path / "copy"
+    sh("cp", "-r", m.path / fresh_folder, target)
+    assert sorted(p.read_bytes() for p in target.iterdir()) == sorted(raws)
+
+
+def test_eight_parallel_readers_get_correct_bytes(dovecot, fresh_folder, mount):
+    raws = {dovecot.append(fresh_folder, message(f"par {i}", f"{i}" * (2000 + 97 * i))): None for i in range(24)}
+    m = mount("connections=3")
+    files = eml_files(m.path / fresh_folder)
+    assert len(files) == len(raws)
+
+    def cat_all(offset: int) -> list[tuple[str, bytes]]:
+        order = files[offset:] + files[:offset]
+        return [(p.name, sh("cat", p).stdout) for p in order]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(cat_all, range(0, 24, 3)))
+    expected = {p.name: p.read_bytes() for p in files}
+    for result in results:
+        for name, data in result:
+            assert data == expected[name]
+            i = name.split("_par-")[1].split("_")[0]
+            assert data.rstrip().endswith(i.encode() * 10)
+
+
+def test_xattrs_show_flags_uid_and_message_id(dovecot, fresh_folder, mount):
+    uid = dovecot.append(fresh_folder, message("flagged one", extra="X-Test: 1\r\n"), flags=["\\Flagged", "$Label1"])
+    m = mount()
+    path = eml_files(m.path / fresh_folder)[0]
+    assert sh("getfattr", "-n", "user.imap.uid", "--only-values", path).stdout.decode() == str(uid)
+    flags = sh("getfattr", "-n", "user.imap.flags", "--only-values", path).stdout.decode().split()
+    assert set(flags) == {"\\Flagged", "$Label1"}
+    msgid = sh("getfattr", "-n", "user.imap.message_id", "--only-values", path).stdout.decode()
+    assert msgid.startswith("<") and msgid.endswith("@example.org>")
+    dump = sh("getfattr", "-d", path).stdout.decode()
+    assert "user.imap.uid=" in dump
+
+
+def test_listing_fetches_no_bodies(dovecot, fresh_folder, mount):
+    for i in range(5):
+        dovecot.append(fresh_folder, message(f"meta only {i}"))
+    m = mount("debug")
+    sh("ls", "-l", m.path / fresh_folder)
+    sh("stat", *eml_files(m.path / fresh_folder))
+    log = m.log()
+    assert "RFC822.SIZE" in log  # the debug log does show the commands sent
+    assert "BODY.PEEK[]" not in log and "BODY[]" not in log and "RFC822 " not in log.replace("RFC822.SIZE", "")
+    assert "secret" not in log and dovecot.password not in log  # no credentials, even at debug
+
+
+def test_read_only_mount_refuses_every_write(dovecot, fresh_folder, mount, tmp_path):
+    dovecot.append(fresh_folder, message("keep me"))
+    m = mount("ro")
+    folder = m.path / fresh_folder
+    existing = eml_files(folder)[0]
+    outside = tmp_path / "x.eml"
+    outside.write_bytes(message("new"))
+    attempts = [
+        ["cp", outside, folder / "x.eml"],
+        ["rm", existing],
+        ["mv", existing, m.path / "INBOX"],
+        ["mkdir", folder / "sub"],
+        ["rmdir", folder],
+        ["touch", existing],
+        ["setfattr", "-n", "user.imap.flags", "-v", "\\Seen", existing],
+    ]
+    for command in attempts:
+        done = sh(*command, check=False)
+        assert done.returncode != 0, command
+        assert "Read-only file system" in done.stderr.decode(), (command, done.stderr)
+    assert len(eml_files(folder)) == 1
+
+
+def test_wrong_password_is_one_clear_line(mount):
+    failed = mount(password="not the password", expect_fail=True)
+    assert failed.returncode != 0
+    lines = [line for line in failed.output.splitlines() if line.strip()]
+    assert len(lines) == 1, failed.output
+    assert "login" in lines[0].lower() or "authentication" in lines[0].lower()
+
+
+def test_untrusted_certificate_is_refused(dovecot, mount):
+    failed = mount(ca_file=dovecot.other_ca_file, expect_fail=True)
+    assert failed.returncode != 0
+    assert "certificate" in failed.output.lower()
+    assert len(failed.output.strip().splitlines()) == 1
+
+
+def test_system_store_does_not_trust_a_self_signed_server(mount):
+    failed = mount(ca_file=None, expect_fail=True)
+    assert failed.returncode != 0 and "certificate" in failed.output.lower()
+
+
+def test_unreachable_server_and_bad_options_fail_clearly(dovecot, mount):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    failed = mount(url=f"imaps://alice@127.0.0.1:{port}", expect_fail=True)
+    assert failed.returncode != 0 and "cannot reach" in failed.output
+    failed = mount("no_such_option", expect_fail=True)
+    assert failed.returncode != 0 and "unknown option 'no_such_option'" in failed.output
+    failed = mount(password=None, expect_fail=True)
+    assert failed.returncode != 0 and "no password" in failed.output
+
+
+def test_starttls_url_and_password_command(dovecot, fresh_folder, mount):
+    dovecot.append(fresh_folder, message("via starttls"))
+    command = f"printf %s '{dovecot.password}'"
+    m = mount(f"password_command={command.replace(',', chr(92) + ',')}", url=dovecot.starttls_url, password=None)
+    assert len(eml_files(m.path / fresh_folder)) == 1
+
+
+def test_plaintext_imap_needs_explicit_permission(dovecot, mount):
+    # The fixture's plain port offers STARTTLS; -o insecure_plaintext is only
+    # about servers that lack it, so here it must still mount over TLS.
+    m = mount("insecure_plaintext", url=dovecot.starttls_url)
+    assert (m.path / "INBOX").is_dir()
+
+
+def test_daemon_mode_returns_once_mounted(dovecot, mount):
+    m = mount(foreground=False)
+    assert m.proc.returncode == 0
+    assert is_mounted(m.path) and (m.path / "INBOX").is_dir()
+    m.unmount()
+    assert not is_mounted(m.path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(dovecot, mount, sig):
+    m = mount()
+    assert (m.path / "INBOX").is_dir()
+    m.proc.send_signal(sig)
+    assert m.proc.wait(timeout=15) == 0
+    assert not is_mounted(m.path)
+    assert "unmounted" in m.log()
+
+
+def test_fusermount_unmount_ends_the_process(dovecot, mount):
+    m = mount()
+    os.listdir(m.path / "INBOX")
+    assert m.unmount() == 0
+    time.sleep(0.1)
+    assert not is_mounted(m.path)
+
+
+def test_help_lists_every_option():
+    done = subprocess.run([sys.executable, "-m", "imapfs", "--help"], capture_output=True, text=True, check=True)
+    for name in ("ro", "ca_file", "password_command", "insecure_plaintext", "connections", "debug", "allow_other",
+                 "body_cache_mb"):
+        assert f"-o {name}" in done.stdout
