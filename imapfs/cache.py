@@ -89,7 +89,7 @@ class ListingCache:
             self._generations[folder] = self._generations.get(folder, 0) + 1
             listing = self._listings.get(folder)
             if listing is not None:
-                listing.synced_at = 0.0
+                listing.stale = True
 
     # folder list
     def folders(self) -> tuple[float, list[Folder]] | None:

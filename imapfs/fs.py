@@ -134,7 +134,9 @@ class NewFile:
     spool: Any = field(default_factory=lambda: tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY))
     size: int = 0
     created_ns: int = field(default_factory=time.time_ns)
-    dirty: bool = False
+    # A new file must become a message, so even one closed without any
+    # write (an empty file, `touch`) is checked, and refused, at close.
+    dirty: bool = True
     discarded: bool = False  # unlinked before close: never append
     handles: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards spool, size, dirty

@@ -74,6 +74,7 @@ class Listing:
     highestmodseq: int | None = None
     uidnext: int | None = None
     synced_at: float = 0.0
+    stale: bool = False  # set after a write or a change notice: resync before trusting it
 
     def add(self, meta: MessageMeta) -> None:
         self.messages[meta.uid] = meta

@@ -74,16 +74,20 @@ class MailStore:
     def listing(self, folder: str) -> Listing:
         """The folder's messages, revalidated when older than listing_ttl."""
         listing = self.listings.get(folder)
-        if listing is not None and self._clock() - listing.synced_at < self.options.listing_ttl:
+        if self._fresh(listing):
             return listing
         with self._sync_lock(folder):
             listing = self.listings.get(folder)
-            if listing is not None and self._clock() - listing.synced_at < self.options.listing_ttl:
+            if self._fresh(listing):
                 return listing
             generation = self.listings.generation(folder)
             fresh = self.pool.run(lambda s: self._sync(s, folder, listing))
             self.listings.put(fresh, generation)
             return fresh
+
+    def _fresh(self, listing: Listing | None) -> bool:
+        return (listing is not None and not listing.stale
+                and self._clock() - listing.synced_at < self.options.listing_ttl)
 
     def _sync(self, session: Session, folder: str, old: Listing | None) -> Listing:
         status = session.select(folder, readonly=True)

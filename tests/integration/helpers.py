@@ -32,7 +32,8 @@ def server_messages(client: imapclient.IMAPClient, folder: str) -> dict[int, dic
     if not uids:
         return {}
     data = client.fetch(uids, ["FLAGS", "BODY.PEEK[]"])
-    return {uid: {"flags": set(d[b"FLAGS"]), "body": d[b"BODY[]"]} for uid, d in data.items()}
+    # \Recent is per-session noise (RFC 3501 2.3.2), not a property of the message.
+    return {uid: {"flags": set(d[b"FLAGS"]) - {b"\\Recent"}, "body": d[b"BODY[]"]} for uid, d in data.items()}
 
 
 def eml_files(directory: Path) -> list[Path]:
