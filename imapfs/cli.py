@@ -211,8 +211,18 @@ def wait_for_child(pid: int, read_fd: int, mountpoint: str) -> int:
     return fail(reason or f"mounting {mountpoint} failed (exit status {os.waitstatus_to_exitcode(status)})")
 
 
+def prefer_libfuse3() -> None:
+    """mfusepy loads libfuse 2 when both are installed; ask for 3, which can
+    tell the kernel about changes (fuse_invalidate_path). libfuse 2 still works."""
+    from ctypes.util import find_library
+
+    if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
+        os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+
 def run_mount(account: Account, password: str, options: Options, fuse_options: dict, mountpoint: str,
               fuse_debug: bool, ready_fd: int | None) -> int:
+    prefer_libfuse3()
     import mfusepy
 
     from imapfs.fs import ImapFS
@@ -241,6 +251,11 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
                      attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout,
                      negative_timeout=options.negative_timeout, **kernel_options)
     except RuntimeError as exc:
+        if operations.initialized:
+            # libfuse 3 reports the signal that ended a working mount as an
+            # error code; the mount did its job and is cleanly gone.
+            log.info("unmounted %s (%s)", mountpoint, exc)
+            return 0
         message = f"could not mount at {mountpoint} (libfuse error {exc}); is it already mounted or in use?"
         if ready_fd is not None:
             os.write(ready_fd, message.encode())

@@ -185,10 +185,12 @@ class ImapFS(fuse.Operations):
         self._tree_lock = threading.Lock()  # guards _tree_source, _tree
         self._tree_source: list[Folder] | None = None
         self._tree = DirNode(folder=None)
+        self.initialized = False  # set once the kernel has accepted the mount
 
     # --- lifecycle -------------------------------------------------------
     def init(self, path: str) -> None:
         # Threads and sockets start here, after the process has daemonised.
+        self.initialized = True
         if self._on_init:
             self._on_init()
 
