@@ -77,6 +77,11 @@ class ListingCache:
             self._listings[listing.folder] = listing
             return True
 
+    def snapshot(self) -> list[Listing]:
+        """Every listing held now (the folders listed since mount, within the bound)."""
+        with self._lock:
+            return list(self._listings.values())
+
     def invalidate(self, folder: str) -> None:
         """Forget a folder's listing: the next lookup synchronises afresh."""
         with self._lock:

@@ -228,6 +228,7 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     from imapfs.fs import ImapFS
     from imapfs.pool import ConnectionPool
     from imapfs.store import MailStore
+    from imapfs.watcher import Watcher
 
     def report_ready() -> None:
         log.info("mounted %s at %s", account.display, mountpoint)
@@ -238,7 +239,17 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
 
     pool = ConnectionPool(account, password, options)
     store = MailStore(pool, options)
-    operations = ImapFS(store, read_only=options.ro, on_init=report_ready)
+    watcher: Watcher | None = None
+
+    def start() -> None:
+        watcher.start()
+        report_ready()
+
+    operations = ImapFS(store, read_only=options.ro, on_init=start, on_destroy=lambda: watcher.stop())
+    watcher = Watcher(account, password, options, pool, listings=store.listings.snapshot,
+                      folders=lambda: (store.listings.folders() or (0.0, None))[1],
+                      folder_changed=operations.folder_changed, folders_changed=operations.folders_changed)
+    store.on_folder_used = watcher.folder_used
     kernel_options = dict(fuse_options)
     if options.ro:
         kernel_options["ro"] = True

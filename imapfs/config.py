@@ -40,9 +40,13 @@ class Options:
     debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords are never logged)")
     allow_other: bool = _opt(False, "let other users access the mount (needs user_allow_other)")
     log_file: str | None = _opt(None, "write the log here (default: stderr in -f, syslog otherwise)")
-    timeout: float = _opt(30.0, "seconds before an unanswered IMAP command counts as a dead connection",
+    timeout: float = _opt(20.0, "seconds before an unanswered IMAP command counts as a dead connection",
                           minimum=1)
-    retries: int = _opt(3, "times an idempotent IMAP command is retried on a fresh connection", minimum=0)
+    retry_for: float = _opt(20.0, "seconds a read keeps retrying on fresh connections before it fails (EIO)",
+                            minimum=0)
+    idle: bool = _opt(True, "watch the folder in use with IMAP IDLE, so its changes show at once")
+    poll_interval: float = _opt(10.0, "seconds between checks (STATUS) of the other folders listed so far",
+                                minimum=1)
     listing_ttl: float = _opt(10.0, "seconds a folder listing is trusted before it is revalidated", minimum=0)
     folders_ttl: float = _opt(30.0, "seconds the folder list is trusted before it is fetched again", minimum=0)
     fetch_batch: int = _opt(500, "UIDs per metadata FETCH command while listing", minimum=1)

@@ -14,6 +14,7 @@ they wrote, while the message itself lists under its canonical name.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import mfusepy as fuse
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from imapfs import names, rfc5322
 from imapfs.errors import (
@@ -186,13 +187,81 @@ class ImapFS(fuse.Operations):
         self._tree_source: list[Folder] | None = None
         self._tree = DirNode(folder=None)
         self.initialized = False  # set once the kernel has accepted the mount
+        self._fuse_handle: ctypes.c_void_p | None = None  # libfuse's struct fuse *, for invalidation
+        # (uidvalidity, uid) last opened at each path: the kernel may keep a
+        # file's pages only while the same message is behind that path.
+        self._opened_as: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=100_000)
 
     # --- lifecycle -------------------------------------------------------
     def init(self, path: str) -> None:
         # Threads and sockets start here, after the process has daemonised.
         self.initialized = True
+        context = fuse._libfuse.fuse_get_context()
+        if context and hasattr(fuse._libfuse, "fuse_invalidate_path"):
+            self._fuse_handle = ctypes.c_void_p(context.contents.fuse)
         if self._on_init:
             self._on_init()
+
+    # --- changes made elsewhere -------------------------------------------
+    def _kernel_forget(self, paths: list[str]) -> None:
+        """Make the kernel drop cached names, attributes and pages for paths.
+
+        Only from threads that serve no FUSE request (the watcher): the
+        kernel may wait on a request in that directory before it applies
+        the notice. Without libfuse 3 this is skipped and the kernel's
+        caches expire by attr_timeout/entry_timeout instead.
+        """
+        if self._fuse_handle is None:
+            return
+        for path in paths:
+            fuse._libfuse.fuse_invalidate_path(self._fuse_handle, path.encode("utf-8", "surrogateescape"))
+
+    def _folder_path(self, folder: str) -> str | None:
+        try:
+            delimiter = self.store.folder(folder).delimiter
+        except ImapFSError:
+            return None
+        return "/" + "/".join(names.folder_to_parts(folder, delimiter))
+
+    def folder_changed(self, folder: str) -> None:
+        """Another client changed `folder`: resync it now and make the kernel
+        forget what it cached of messages that went away, or of every
+        message when the folder was recreated (UIDVALIDITY changed)."""
+        old = self.store.listings.get(folder)
+        self.store.listings.mark_stale(folder)
+        try:
+            new = self.store.listing(folder)
+        except NotFound:
+            new = None
+        directory = self._folder_path(folder)
+        if directory is None:
+            return
+        gone: list[str] = []
+        if old is not None:
+            if new is None or new.uidvalidity != old.uidvalidity:
+                gone = list(old.by_name)
+            else:
+                gone = [name for name in old.by_name if name not in new.by_name]
+        self._kernel_forget([directory] + [f"{directory}/{name}" for name in gone])
+
+    def folders_changed(self) -> None:
+        """Folders were created, deleted or renamed elsewhere."""
+        cached = self.store.listings.folders()
+        old_names = {f.name: f for f in cached[1]} if cached else {}
+        self.store.listings.invalidate_folders()
+        try:
+            new_names = {f.name for f in self.store.folders()}
+        except ImapFSError:
+            return
+        paths = ["/"]
+        for name, folder in old_names.items():
+            if name not in new_names:
+                self.store.listings.invalidate(name)
+                parts = names.folder_to_parts(name, folder.delimiter)
+                paths.append("/" + "/".join(parts))
+                if len(parts) > 1:
+                    paths.append("/" + "/".join(parts[:-1]))
+        self._kernel_forget(paths)
 
     def destroy(self, path: str) -> None:
         if self._on_destroy:
@@ -348,10 +417,16 @@ class ImapFS(fuse.Operations):
         ref = self._message(path)
         fi.fh = self._new_handle(ReadHandle(ref))
         # A message is immutable, so the kernel may keep its pages across
-        # opens. Until its real length is known (RFC822.SIZE can be wrong),
-        # read it direct: the kernel then neither truncates nor pads at the
+        # opens, as long as the same message is behind the path: a folder
+        # recreated elsewhere can reuse a name for other bytes.
+        # Until its real length is known (RFC822.SIZE can be wrong), read
+        # it direct: the kernel then neither truncates nor pads at the
         # st_size it cached.
-        fi.keep_cache = 1 if ref.meta.size_verified else 0
+        identity = (ref.uidvalidity, ref.meta.uid)
+        with self._state_lock:
+            same_message = self._opened_as.get(path) == identity
+            self._opened_as[path] = identity
+        fi.keep_cache = 1 if ref.meta.size_verified and same_message else 0
         fi.direct_io = 0 if ref.meta.size_verified else 1
         return 0
 

@@ -82,7 +82,8 @@ def translate(exc: BaseException, account: Account | None = None) -> ImapFSError
         upper = text.upper()
         if "[OVERQUOTA]" in upper or "QUOTA" in upper:
             return QuotaError(text)
-        if "[NONEXISTENT]" in upper or "DOESN'T EXIST" in upper or "NO SUCH" in upper:
+        if "[NONEXISTENT]" in upper or "[EXPUNGEISSUED]" in upper or "DOESN'T EXIST" in upper \
+                or "NO SUCH" in upper:
             return NotFound(text)
         if "[ALREADYEXISTS]" in upper or "ALREADY EXISTS" in upper:
             return AlreadyExists(text)
@@ -143,7 +144,11 @@ class Session:
             raise
         except Exception as exc:
             error = translate(exc, self._account)
-            if isinstance(error, ServerUnavailable):
+            if isinstance(error, ServerUnavailable) or not isinstance(exc, imaplib.IMAP4.error) \
+                    or isinstance(exc, imapexc.ProtocolError):
+                # After a timeout or a response we could not parse, the
+                # stream's position is unknown: a later command could read an
+                # earlier answer. Such a connection is never used again.
                 self.broken = True
             raise error from exc
         finally:
@@ -276,6 +281,20 @@ class Session:
         self.selected = None
         self.status = None
 
+    # --- waiting for changes (used by the watcher's own connection) ------
+    def idle_start(self) -> None:
+        with self._translating():
+            self._client.idle()
+
+    def idle_wait(self, timeout: float) -> list[tuple]:
+        """Untagged responses received while idling, or [] after timeout seconds."""
+        with self._translating():
+            return self._client.idle_check(timeout=timeout)
+
+    def idle_done(self) -> None:
+        with self._translating():
+            self._client.idle_done()
+
     def logout(self) -> None:
         with contextlib.suppress(Exception):
             self._client.logout()
@@ -295,7 +314,7 @@ def _appenduid(response: Any) -> int | None:
 
 def connect(account: Account, password: str, options: Options) -> Session:
     """Open, secure and log in one connection; raise ConnectError subclasses."""
-    timeout = SocketTimeout(connect=options.timeout, read=options.timeout)
+    timeout = SocketTimeout(connect=min(options.timeout, 10.0), read=options.timeout)
     context = make_ssl_context(options.ca_file)
     client = None
     try:
@@ -345,7 +364,11 @@ class ConnectionPool:
         self._lock = threading.Lock()  # guards _idle and _closed
         self._idle: list[Session] = []
         self._closed = False
-        self.commands_sent = 0  # for tests and debugging: sessions borrowed
+        self._down_since: float | None = None  # guarded by _lock: when connecting started failing
+
+    @property
+    def server_down(self) -> bool:
+        return self._down_since is not None
 
     def _acquire(self) -> Session:
         if not self._slots.acquire(timeout=max(self._options.timeout * 2, 5)):
@@ -356,7 +379,17 @@ class ConnectionPool:
                     raise ServerUnavailable("imapfs is shutting down")
                 session = self._idle.pop() if self._idle else None
             if session is None:
-                session = self._connector(self.account, self._password, self._options)
+                try:
+                    session = self._connector(self.account, self._password, self._options)
+                except ServerUnavailable:
+                    with self._lock:
+                        if self._down_since is None:
+                            self._down_since = time.monotonic()
+                    raise
+                with self._lock:
+                    if self._down_since is not None:
+                        log.info("IMAP server reachable again")
+                    self._down_since = None
             return session
         except BaseException:
             self._slots.release()
@@ -386,15 +419,21 @@ class ConnectionPool:
     def run(self, work: Callable[[Session], T], *, idempotent: bool = True) -> T:
         """Run work(session), retrying on a fresh connection when that is safe.
 
-        Idempotent work (LIST, SELECT, FETCH, STATUS) is retried after any
-        connection failure. Other work is retried only if the failure came
-        before it was sent: a pooled connection that sat idle is checked
-        with NOOP first, so a write is not lost into a connection that died
-        silently, and never sent twice.
+        Idempotent work (LIST, SELECT, FETCH, STATUS) is retried with
+        backoff after a connection failure, for up to ``retry_for`` seconds,
+        so a dropped connection or a restarted server costs a pause, not an
+        error. Other work is retried only if the failure came before it was
+        sent: a pooled connection that sat idle is checked with NOOP first,
+        so a write is not lost into a connection that died silently, and
+        never sent twice. Once the server has been unreachable for longer
+        than ``retry_for``, each call makes a single attempt, so callers
+        fail fast (and may serve what is cached) instead of all waiting.
         """
-        attempts = 1 + self._options.retries
-        delay = 0.2
-        for attempt in range(1, attempts + 1):
+        started = time.monotonic()
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
             sent = False
             try:
                 with self.session() as session:
@@ -403,12 +442,14 @@ class ConnectionPool:
                     sent = True
                     return work(session)
             except ServerUnavailable as exc:
-                if attempt >= attempts or (sent and not idempotent):
+                now = time.monotonic()
+                down_for = now - self._down_since if self._down_since is not None else 0.0
+                if (sent and not idempotent) or now - started + delay > self._options.retry_for \
+                        or down_for > self._options.retry_for + (now - started):
                     raise
-                log.info("IMAP connection failed (%s); retrying (%d/%d)", exc, attempt, attempts - 1)
+                log.info("IMAP connection failed (%s); retry %d in %.1f s", exc, attempt, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+                delay = min(delay * 2, 3.0)
 
     def close(self) -> None:
         with self._lock:

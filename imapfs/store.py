@@ -19,7 +19,7 @@ from typing import Any
 from imapfs import names
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
-from imapfs.errors import NotEmpty, NotFound, NotSupported, ProtocolError, StaleMessage
+from imapfs.errors import NotEmpty, NotFound, NotSupported, ServerUnavailable, StaleMessage
 from imapfs.model import Folder, Listing, MessageMeta
 from imapfs.pool import ConnectionPool, Session, compact_uid_set
 
@@ -30,6 +30,9 @@ METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
 # Messages up to this size are fetched whole on first read; larger ones in
 # aligned chunks, so `head` on a 50 MB message costs one chunk, not 50 MB.
 CHUNK_SIZE = 1 << 20
+# While the server is unreachable, cached listings are shown and the server
+# is tried again after this many seconds.
+OFFLINE_RETRY_SECONDS = 5.0
 
 
 class MailStore:
@@ -45,6 +48,8 @@ class MailStore:
         self._sync_locks: dict[str, threading.Lock] = {}
         self._sync_locks_guard = threading.Lock()  # guards _sync_locks
         self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
+        # Called with a folder's name whenever it is listed: the watcher IDLEs on the latest.
+        self.on_folder_used: Callable[[str], None] | None = None
 
     # --- folders ---------------------------------------------------------
     def folders(self) -> list[Folder]:
@@ -56,7 +61,15 @@ class MailStore:
             if cached and self._clock() - cached[0] < self.options.folders_ttl:
                 return cached[1]
             generation = self.listings.folders_generation()
-            folders = self.pool.run(lambda s: s.list_folders())
+            try:
+                folders = self.pool.run(lambda s: s.list_folders())
+            except ServerUnavailable as exc:
+                if not cached:
+                    raise
+                log.warning("cannot list folders (%s); showing them as last seen", exc)
+                self.listings.put_folders(self._clock() - self.options.folders_ttl + OFFLINE_RETRY_SECONDS,
+                                          cached[1], generation)
+                return cached[1]
             self.listings.put_folders(self._clock(), folders, generation)
             return folders
 
@@ -73,6 +86,7 @@ class MailStore:
 
     def listing(self, folder: str) -> Listing:
         """The folder's messages, revalidated when older than listing_ttl."""
+        self._used(folder)
         listing = self.listings.get(folder)
         if self._fresh(listing):
             return listing
@@ -81,9 +95,23 @@ class MailStore:
             if self._fresh(listing):
                 return listing
             generation = self.listings.generation(folder)
-            fresh = self.pool.run(lambda s: self._sync(s, folder, listing))
+            try:
+                fresh = self.pool.run(lambda s: self._sync(s, folder, listing))
+            except ServerUnavailable as exc:
+                if listing is None:
+                    raise
+                # Offline: show the folder as last seen rather than fail, and
+                # try the server again after a short pause, not on every call.
+                log.warning("cannot revalidate %r (%s); showing it as last seen", folder, exc)
+                listing.stale = False
+                listing.synced_at = self._clock() - self.options.listing_ttl + OFFLINE_RETRY_SECONDS
+                return listing
             self.listings.put(fresh, generation)
             return fresh
+
+    def _used(self, folder: str) -> None:
+        if self.on_folder_used is not None:
+            self.on_folder_used(folder)
 
     def _fresh(self, listing: Listing | None) -> bool:
         return (listing is not None and not listing.stale
@@ -158,6 +186,7 @@ class MailStore:
         the real length; large ones in aligned chunks, so reading the start
         of a huge message fetches only that.
         """
+        self._used(folder)
         if size <= 0 or (meta.size_verified and offset >= meta.size):
             return b""
         if meta.size <= CHUNK_SIZE:
@@ -209,26 +238,34 @@ class MailStore:
 
     def _fetch_part(self, session: Session, folder: str, uidvalidity: int, uid: int,
                     part: tuple[int, int] | None) -> bytes:
+        """One FETCH of a whole body or a range, checked to belong to exactly
+        (folder, uidvalidity, uid).
+
+        A message another client expunged can still be fetched in a session
+        that has not been told yet, and servers then answer NIL, an empty
+        string or NO [EXPUNGEISSUED]. None of these is the message's content:
+        the session's view is refreshed (SELECT) and the fetch repeated once;
+        if the message is still not there it is gone.
+        """
         status = session.ensure_selected(folder)
         if status.uidvalidity != uidvalidity:
             raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
         item = "BODY.PEEK[]" if part is None else f"BODY.PEEK[]<{part[0]}.{part[1]}>"
-        response = session.fetch([uid], [item])
-        data = response.get(uid)
-        if data is None:
-            # Not there in this session's view: maybe expunged, maybe this
-            # session's view is old. Look again before saying it is gone.
-            status = session.select(folder)
-            if status.uidvalidity != uidvalidity:
-                raise StaleMessage(f"folder {folder!r} was recreated")
-            data = session.fetch([uid], [item]).get(uid)
-            if data is None:
-                raise NotFound(f"UID {uid} is no longer in {folder!r}")
-        for key, value in data.items():
-            if key.startswith(b"BODY[]"):
-                return value if value is not None else b""
-        raise ProtocolError(f"server sent no body for UID {uid} in {folder!r}")
-
+        wanted = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
+        for attempt in range(2):
+            if attempt:
+                status = session.select(folder)
+                if status.uidvalidity != uidvalidity:
+                    raise StaleMessage(f"folder {folder!r} was recreated")
+            try:
+                data = session.fetch([uid], [item]).get(uid)
+            except NotFound:  # NO [EXPUNGEISSUED] and the like
+                continue
+            value = data.get(wanted) if data else None
+            if value is None or (value == b"" and (part is None or part[0] == 0)):
+                continue
+            return value
+        raise NotFound(f"UID {uid} is no longer in {folder!r}")
 
     # --- writing ---------------------------------------------------------
     # Writes are never retried once sent (pool.run(idempotent=False)), and

@@ -7,13 +7,15 @@ never fetches a body.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from imapfs.errors import AlreadyExists, NotFound, NotSupported, ServerUnavailable
+from imapfs.config import Account, Options
+from imapfs.errors import AlreadyExists, NotFound, NotSupported
 from imapfs.model import Folder, FolderStatus
+from imapfs.pool import ConnectionPool
 
 
 @dataclass
@@ -42,6 +44,8 @@ class FakeServer:
         self.delimiter = "/"
         self.commands: list[tuple] = []
         self.fail_next: list[BaseException] = []
+        # UIDs another session expunged that this one may still fetch: Dovecot answers BODY[] NIL.
+        self.ghosts: set[int] = set()
         self._next_uidvalidity = 1000
         self.create("INBOX")
 
@@ -98,10 +102,11 @@ class FakeSession:
         self.selected: str | None = None
         self.selected_readonly = True
         self.status: FolderStatus | None = None
-        self.last_used = 0.0
+        self.last_used = time.monotonic()
         self.capabilities = server.capabilities
 
     def _log(self, *command: Any) -> None:
+        self.last_used = time.monotonic()
         self.server.commands.append(command)
         if self.server.fail_next:
             self.broken = True
@@ -167,7 +172,7 @@ class FakeSession:
                             if line.split(b":", 1)[0].strip().upper().decode() in wanted]
                     data[item.replace(".PEEK", "").encode()] = b"".join(keep) + b"\r\n"
                 elif upper == "BODY.PEEK[]":
-                    data[b"BODY[]"] = msg.raw
+                    data[b"BODY[]"] = None if uid in self.server.ghosts else msg.raw
                 elif upper.startswith("BODY.PEEK[]<"):
                     start, length = (int(x) for x in upper[len("BODY.PEEK[]<"):-1].split("."))
                     data[f"BODY[]<{start}>".encode()] = msg.raw[start:start + length]
@@ -271,34 +276,8 @@ def _header_lines(header: bytes) -> list[bytes]:
     return fields
 
 
-class FakePool:
-    """ConnectionPool's interface over FakeSessions, with the same retry rule."""
-
-    def __init__(self, server: FakeServer, retries: int = 2) -> None:
-        self.server = server
-        self.retries = retries
-        self._idle: list[FakeSession] = []
-        self.closed = False
-
-    @contextlib.contextmanager
-    def session(self):
-        session = self._idle.pop() if self._idle else self.server.session()
-        try:
-            yield session
-        finally:
-            if not session.broken:
-                self._idle.append(session)
-
-    def run(self, work, *, idempotent: bool = True):
-        attempts = 1 + (self.retries if idempotent else 0)
-        for attempt in range(attempts):
-            try:
-                with self.session() as session:
-                    return work(session)
-            except ServerUnavailable:
-                if attempt + 1 >= attempts:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self.closed = True
+def FakePool(server: FakeServer, **options) -> ConnectionPool:
+    """The real ConnectionPool (its retry rules are under test too) lending FakeSessions."""
+    options.setdefault("retry_for", 0.5)
+    account = Account(user="alice", host="fake.invalid", port=993, implicit_tls=True)
+    return ConnectionPool(account, "pw", Options(**options), connector=lambda *_: server.session())

@@ -168,3 +168,15 @@ def test_internaldate_becomes_mtime_and_name(server, store):
     meta = store.listing("INBOX").messages[1]
     assert meta.internaldate == when.timestamp()
     assert meta.filename.startswith("2001-02-03_0205_")
+
+
+def test_a_message_expunged_elsewhere_reads_as_gone_not_empty(server, store):
+    server.add("INBOX", msg("ghost"))
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    server.ghosts.add(1)  # the server answers FETCH with BODY[] NIL
+    with pytest.raises(NotFound):
+        store.read("INBOX", listing.uidvalidity, meta, 0, 4096)
+    assert meta.size == len(msg("ghost"))  # nothing learnt from a non-answer
+    selects = [c for c in server.commands if c[0] == "EXAMINE"]
+    assert len(selects) >= 2  # the session's view was refreshed before giving up

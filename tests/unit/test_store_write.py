@@ -109,6 +109,19 @@ def test_append_is_not_retried_after_it_was_sent():
     assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
 
 
+def test_append_into_a_silently_dead_connection_is_checked_first_then_sent_once():
+    server, store = make()
+    store.listing("INBOX")
+    with store.pool.session() as session:
+        session.last_used -= 3600  # idle for an hour: the pool probes it before a write
+    server.fail_next.append(ServerUnavailable("dropped while idle"))
+    uid = store.append("INBOX", b"Subject: x\r\n\r\n", (), None)
+    assert [c[0] for c in server.commands[-2:]] == ["NOOP", "APPEND"] or \
+        [c[0] for c in server.commands if c[0] in {"NOOP", "APPEND"}] == ["NOOP", "APPEND"]
+    assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
+    assert uid in server.mailboxes["INBOX"].messages
+
+
 def test_append_shows_in_the_next_listing_at_once():
     server, store = make(listing_ttl=3600)
     store.listing("INBOX")

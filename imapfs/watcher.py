@@ -1,0 +1,192 @@
+"""The watcher: keeps the mount true to the server while it is mounted.
+
+Two threads, started from FUSE's init (after daemonising):
+
+- IDLE (RFC 2177) on a dedicated connection, on the folder most recently
+  listed or read, so its changes show within a second or two. IDLE is
+  renewed every ``IDLE_RENEW_SECONDS`` (servers may drop it after 30 min),
+  and moved when another folder comes into use.
+- A poll every ``poll_interval`` seconds: STATUS (with HIGHESTMODSEQ under
+  CONDSTORE) of every folder listed so far, and LIST for folders created,
+  deleted or renamed elsewhere. A folder whose counters moved is reported;
+  the resync itself then fetches only what changed.
+
+It only notices; what a change means is decided by the callbacks it is
+given (the store's caches and the kernel's, wired in cli.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from imapfs.config import Account, Options
+from imapfs.errors import ImapFSError
+from imapfs.model import Folder, Listing
+from imapfs.pool import ConnectionPool, Session, connect
+
+log = logging.getLogger(__name__)
+
+IDLE_RENEW_SECONDS = 25 * 60
+IDLE_CHECK_SECONDS = 1.0
+CHANGE_RESPONSES = {b"EXISTS", b"EXPUNGE", b"FETCH", b"VANISHED"}
+
+
+class Watcher:
+    """Notices changes made by other clients and reports them."""
+
+    def __init__(self, account: Account, password: str, options: Options, pool: ConnectionPool,
+                 *, listings: Callable[[], list[Listing]], folders: Callable[[], list[Folder] | None],
+                 folder_changed: Callable[[str], None], folders_changed: Callable[[], None],
+                 connector: Callable[[Account, str, Options], Session] = connect) -> None:
+        self._account = account
+        self._password = password
+        self._options = options
+        self._pool = pool
+        self._listings = listings
+        self._folders = folders
+        self._folder_changed = folder_changed
+        self._folders_changed = folders_changed
+        self._connector = connector
+        self._stop = threading.Event()
+        self._wanted_lock = threading.Lock()  # guards _wanted
+        self._wanted: str | None = None
+        self._wanted_changed = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- control ---------------------------------------------------------
+    def start(self) -> None:
+        if self._options.idle:
+            self._threads.append(threading.Thread(target=self._idle_loop, name="imapfs-idle", daemon=True))
+        self._threads.append(threading.Thread(target=self._poll_loop, name="imapfs-poll", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wanted_changed.set()
+        for thread in self._threads:
+            thread.join(timeout=IDLE_CHECK_SECONDS * 3)
+
+    def folder_used(self, folder: str) -> None:
+        """The store lists or reads `folder`: IDLE there from now on."""
+        with self._wanted_lock:
+            if self._wanted == folder:
+                return
+            self._wanted = folder
+        self._wanted_changed.set()
+
+    def _current_wanted(self) -> str | None:
+        with self._wanted_lock:
+            return self._wanted
+
+    # --- IDLE ------------------------------------------------------------
+    def _idle_loop(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            folder = self._current_wanted()
+            if folder is None:
+                self._wanted_changed.wait(timeout=1.0)
+                self._wanted_changed.clear()
+                continue
+            try:
+                self._idle_on(folder)
+                delay = 1.0
+            except ImapFSError as exc:
+                log.info("IDLE on %r stopped (%s); trying again in %.0f s", folder, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _idle_on(self, folder: str) -> None:
+        session = self._connector(self._account, self._password, self._options)
+        try:
+            if not session.has("IDLE"):
+                log.info("server has no IDLE; relying on polling every %.0f s", self._options.poll_interval)
+                self._stop.wait()
+                return
+            while not self._stop.is_set() and self._current_wanted() == folder:
+                session.select(folder, readonly=True)
+                self._wanted_changed.clear()
+                session.idle_start()
+                started = time.monotonic()
+                try:
+                    while (not self._stop.is_set() and self._current_wanted() == folder
+                           and time.monotonic() - started < IDLE_RENEW_SECONDS):
+                        responses = session.idle_wait(IDLE_CHECK_SECONDS)
+                        if any(_is_change(r) for r in responses):
+                            log.debug("IDLE: %r changed on the server", folder)
+                            self._report(folder)
+                finally:
+                    if not session.broken:
+                        session.idle_done()
+        finally:
+            session.logout()
+
+    def _report(self, folder: str) -> None:
+        try:
+            self._folder_changed(folder)
+        except Exception:
+            log.exception("could not apply a change in %r", folder)
+
+    # --- polling ---------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self._options.poll_interval):
+            try:
+                self.poll_once()
+            except ImapFSError as exc:
+                log.info("poll failed (%s); next in %.0f s", exc, self._options.poll_interval)
+            except Exception:
+                log.exception("poll failed")
+
+    def poll_once(self) -> None:
+        """STATUS every folder listed so far; LIST for folder changes."""
+        listings = self._listings()
+        known = self._folders()
+
+        def work(session: Session) -> tuple[list[str], list[Folder]]:
+            changed = []
+            for listing in listings:
+                try:
+                    status = session.status_of(listing.folder)
+                except ImapFSError as exc:
+                    if session.broken:
+                        raise
+                    log.debug("STATUS %r failed: %s", listing.folder, exc)
+                    changed.append(listing.folder)  # gone, probably: let the resync find out
+                    continue
+                if _status_differs(status, listing):
+                    changed.append(listing.folder)
+            return changed, session.list_folders()
+
+        changed, folders = self._pool.run(work)
+        for folder in changed:
+            self._report(folder)
+        if known is not None and _folder_set(folders) != _folder_set(known):
+            log.debug("folder list changed on the server")
+            try:
+                self._folders_changed()
+            except Exception:
+                log.exception("could not apply a folder list change")
+
+
+def _is_change(response: tuple) -> bool:
+    return any(isinstance(part, bytes) and part.upper() in CHANGE_RESPONSES for part in response[:2])
+
+
+def _status_differs(status: dict[bytes, int], listing: Listing) -> bool:
+    if status.get(b"UIDVALIDITY") != listing.uidvalidity:
+        return True
+    if status.get(b"MESSAGES") != len(listing.messages):
+        return True
+    if listing.uidnext is not None and status.get(b"UIDNEXT") != listing.uidnext:
+        return True
+    modseq = status.get(b"HIGHESTMODSEQ")
+    return modseq is not None and listing.highestmodseq is not None and modseq != listing.highestmodseq
+
+
+def _folder_set(folders: list[Folder]) -> set[tuple[str, bool]]:
+    # Names and selectability only: other attributes (\\HasChildren, \\Marked)
+    # flicker with ordinary mail traffic and would cause needless reloads.
+    return {(f.name, f.selectable) for f in folders}
