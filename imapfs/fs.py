@@ -266,7 +266,7 @@ class ImapFS(fuse.Operations):
     def destroy(self, path: str) -> None:
         if self._on_destroy:
             self._on_destroy()
-        self.store.pool.close()
+        self.store.close()
 
     # --- path resolution -------------------------------------------------
     def _root(self) -> DirNode:

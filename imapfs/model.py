@@ -76,6 +76,15 @@ class Listing:
     synced_at: float = 0.0
     stale: bool = False  # set after a write or a change notice: resync before trusting it
 
+    _order: tuple[list[int], dict[int, int]] | None = field(default=None, repr=False, compare=False)
+
+    def order(self) -> tuple[list[int], dict[int, int]]:
+        """UIDs in listing (and readdir) order, and each UID's index; built once per listing."""
+        if self._order is None or len(self._order[0]) != len(self.messages):
+            uids = list(self.messages)
+            self._order = (uids, {uid: i for i, uid in enumerate(uids)})
+        return self._order
+
     def add(self, meta: MessageMeta) -> None:
         self.messages[meta.uid] = meta
         self.by_name[meta.filename] = meta.uid

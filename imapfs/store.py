@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from imapfs import names
@@ -22,6 +22,7 @@ from imapfs.config import Options
 from imapfs.errors import NotEmpty, NotFound, NotSupported, ServerUnavailable, StaleMessage
 from imapfs.model import Folder, Listing, MessageMeta
 from imapfs.pool import ConnectionPool, Session, compact_uid_set
+from imapfs.readahead import ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,18 @@ class MailStore:
         self._clock = clock
         self.listings = ListingCache(options.header_cache_folders)
         self.bodies = BodyCache(options.body_cache_mb * 1024 * 1024)
+        self.readahead = ReadAhead(self.fetch_bodies, small=lambda size: size <= CHUNK_SIZE,
+                                   cached=self.bodies.__contains__, budget_bytes=self.bodies.max_bytes,
+                                   workers=max(1, options.connections - 1))
         self._sync_locks: dict[str, threading.Lock] = {}
         self._sync_locks_guard = threading.Lock()  # guards _sync_locks
         self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
         # Called with a folder's name whenever it is listed: the watcher IDLEs on the latest.
         self.on_folder_used: Callable[[str], None] | None = None
+
+    def close(self) -> None:
+        self.readahead.close()
+        self.pool.close()
 
     # --- folders ---------------------------------------------------------
     def folders(self) -> list[Folder]:
@@ -190,10 +198,7 @@ class MailStore:
         if size <= 0 or (meta.size_verified and offset >= meta.size):
             return b""
         if meta.size <= CHUNK_SIZE:
-            body = self.body(folder, uidvalidity, meta)
-            if len(body) > CHUNK_SIZE:
-                meta.size_verified = True
-            return body[offset:offset + size]
+            return self.body(folder, uidvalidity, meta)[offset:offset + size]
         pieces = []
         position, end = offset, offset + size
         while position < end:
@@ -213,10 +218,51 @@ class MailStore:
         key = (folder, uidvalidity, meta.uid)
         data = self.bodies.get(key)
         if data is None:
-            data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, None))
-            self.bodies.put(key, data)
+            self.readahead.wait_for(key)
+            data = self.bodies.get(key)
+        listing = self.listings.get(folder)
+        if listing is not None and listing.uidvalidity != uidvalidity:
+            listing = None
+        if data is not None:
+            if listing is not None:
+                self.readahead.note_hit(listing, meta.uid)
+        else:
+            batch = self.readahead.plan(listing, meta.uid) if listing is not None else [meta.uid]
+            if len(batch) > 1:
+                keys = self.readahead.claim([(folder, uidvalidity, uid) for uid in batch])
+                try:
+                    self.fetch_bodies(folder, uidvalidity, keys)
+                finally:
+                    self.readahead.release(keys)
+                data = self.bodies.get(key)
+            if data is None:
+                data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, None))
+                self.bodies.put(key, data)
         self._learn_size(meta, len(data))
         return data
+
+    def fetch_bodies(self, folder: str, uidvalidity: int, keys: list[Hashable]) -> None:
+        """Fetch many whole bodies in one UID FETCH into the body cache (read-ahead).
+
+        The caller has claimed keys (readahead.claim) and releases them.
+        Only bodies that arrive intact are cached; anything odd (a message
+        expunged meanwhile) is left for the reader's own fetch, which knows
+        how to tell "gone" from "empty".
+        """
+        uids = [key[2] for key in keys]  # type: ignore[index]
+        if not uids:
+            return
+
+        def work(session: Session) -> dict[int, dict[bytes, Any]]:
+            status = session.ensure_selected(folder)
+            if status.uidvalidity != uidvalidity:
+                return {}
+            return session.fetch(uids, ["BODY.PEEK[]"])
+
+        for uid, data in self.pool.run(work).items():
+            body = data.get(b"BODY[]")
+            if body:
+                self.bodies.put((folder, uidvalidity, uid), body)
 
     def _chunk(self, folder: str, uidvalidity: int, meta: MessageMeta, index: int) -> bytes:
         key = (folder, uidvalidity, meta.uid, index)

@@ -180,3 +180,38 @@ def test_a_message_expunged_elsewhere_reads_as_gone_not_empty(server, store):
     assert meta.size == len(msg("ghost"))  # nothing learnt from a non-answer
     selects = [c for c in server.commands if c[0] == "EXAMINE"]
     assert len(selects) >= 2  # the session's view was refreshed before giving up
+
+
+def read_all(store, listing, uids):
+    out = {}
+    for uid in uids:
+        meta = listing.messages[uid]
+        out[uid] = store.read("INBOX", listing.uidvalidity, meta, 0, 1 << 20)
+    return out
+
+
+def test_sequential_scan_fetches_ahead_in_few_round_trips(server, store):
+    raws = {server.add("INBOX", msg(f"scan {i}", b"x" * (100 + i))): None for i in range(200)}
+    listing = store.listing("INBOX")
+    order = list(listing.messages)
+    got = read_all(store, listing, order)
+    for uid in order:
+        assert got[uid] == server.mailboxes["INBOX"].messages[uid].raw
+    store.readahead._executor.shutdown(wait=True)
+    fetches = body_fetches(server)
+    assert len(fetches) < 30, len(fetches)  # not one round trip per message
+    fetched = [u for c in fetches for u in (c[1] if isinstance(c[1], list) else [])]
+    assert len(fetched) == len(set(fetched)) == len(raws)  # nothing fetched twice, nothing extra
+
+
+def test_random_access_fetches_only_what_is_read(server, store):
+    for i in range(100):
+        server.add("INBOX", msg(f"rand {i}"))
+    listing = store.listing("INBOX")
+    order = list(listing.messages)
+    import random
+
+    picks = random.Random(3).sample(order[::3], 20)  # never two neighbours in a row
+    read_all(store, listing, picks)
+    fetched = [u for c in body_fetches(server) for u in c[1]]
+    assert sorted(fetched) == sorted(picks)
