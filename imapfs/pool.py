@@ -98,6 +98,25 @@ def _server_text(exc: BaseException) -> str:
     return text
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_uid_set(text: str) -> list[int]:
+    """'3:5,9' -> [3, 4, 5, 9] (servers send VANISHED in this form)."""
+    uids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            low, high = sorted(int(x) for x in part.split(":", 1))
+            uids.extend(range(low, high + 1))
+        else:
+            uids.append(int(part))
+    return uids
+
+
 def compact_uid_set(uids: Iterable[int]) -> str:
     """[1,2,3,7,9,10] -> '1:3,7,9:10': keeps FETCH command lines short."""
     ordered = sorted(set(uids))
@@ -132,6 +151,7 @@ class Session:
         self.last_used = time.monotonic()
         self.capabilities = frozenset(c.decode().upper() if isinstance(c, bytes) else c.upper()
                                       for c in client.capabilities())
+        self.qresync = False  # set by connect() once ENABLE QRESYNC succeeded
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
@@ -191,6 +211,29 @@ class Session:
     def search_all_uids(self) -> list[int]:
         with self._translating():
             return sorted(int(u) for u in self._client.search("ALL"))
+
+    def search_uids_from(self, first_uid: int) -> list[int]:
+        """UIDs >= first_uid (new mail since a known UIDNEXT), without listing the rest."""
+        with self._translating():
+            found = self._client.search(["UID", f"{first_uid}:*"])
+        # "n:*" also matches the highest existing UID when it is below n.
+        return sorted(int(u) for u in found if int(u) >= first_uid)
+
+    def changes_since(self, uid_set: str, modseq: int) -> tuple[dict[int, tuple[str, ...]], list[int]]:
+        """Flags changed and UIDs expunged since modseq (RFC 7162 QRESYNC):
+        one UID FETCH ... (CHANGEDSINCE m VANISHED), costing what changed."""
+        if not self.qresync:
+            raise NotSupported("QRESYNC is not enabled on this connection")
+        fetched = self.fetch(uid_set, ["UID", "FLAGS"], [f"CHANGEDSINCE {modseq} VANISHED"])
+        with self._translating():
+            vanished_lines = self._client._imap.untagged_responses.pop("VANISHED", [])
+        vanished: list[int] = []
+        for line in vanished_lines:
+            text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
+            vanished.extend(parse_uid_set(text.replace("(EARLIER)", "").strip()))
+        flags = {uid: tuple(_text(f) for f in data.get(b"FLAGS", ())) for uid, data in fetched.items()
+                 if b"FLAGS" in data}
+        return flags, vanished
 
     def fetch(self, uid_set: str | list[int], items: list[str],
               modifiers: list[str] | None = None) -> dict[int, dict[bytes, Any]]:
@@ -329,7 +372,11 @@ def connect(account: Account, password: str, options: Options) -> Session:
                 raise ConnectError(f"{account.host}:{account.port} does not offer STARTTLS; refusing to "
                                    "send the password in clear (use imaps:// or -o insecure_plaintext)")
         client.login(account.user, password)
-        return Session(client, account)
+        session = Session(client, account)
+        if session.has("QRESYNC"):
+            # Lets a resync ask for expunged UIDs (VANISHED) instead of listing every UID.
+            session.qresync = b"QRESYNC" in {c.upper() for c in client.enable("QRESYNC")}
+        return session
     except ImapFSError:
         _close_quietly(client)
         raise

@@ -126,6 +126,14 @@ class MailStore:
                 and self._clock() - listing.synced_at < self.options.listing_ttl)
 
     def _sync(self, session: Session, folder: str, old: Listing | None) -> Listing:
+        """Bring a listing up to date, at a cost proportional to what changed.
+
+        Known UIDVALIDITY: new mail is found with UID SEARCH from the old
+        UIDNEXT; flags and expunges with one CHANGEDSINCE ... VANISHED fetch
+        (QRESYNC), or, without it, expunges are inferred from EXISTS and only
+        then is the full UID list fetched. A changed UIDVALIDITY, or counts
+        that do not add up, mean a full listing.
+        """
         status = session.select(folder, readonly=True)
         if old is not None and old.uidvalidity != status.uidvalidity:
             log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
@@ -133,37 +141,68 @@ class MailStore:
             old = None
         listing = Listing(folder=folder, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
                           highestmodseq=status.highestmodseq)
-        if old is not None:
+        if old is None:
+            self._fetch_metadata(session, listing, session.search_all_uids() if status.exists else [])
+        else:
             listing.messages = dict(old.messages)
             listing.by_name = dict(old.by_name)
-        unchanged_set = (old is not None and status.uidnext is not None and status.uidnext == old.uidnext
-                         and status.exists == len(old.messages))
-        if status.exists == 0:
-            listing.messages.clear()
-            listing.by_name.clear()
-        elif not unchanged_set:
-            present = session.search_all_uids()
-            present_set = set(present)
-            for uid in [u for u in listing.messages if u not in present_set]:
-                listing.remove(uid)
-            new_uids = [u for u in present if u not in listing.messages]
-            for start in range(0, len(new_uids), self.options.fetch_batch):
-                batch = new_uids[start:start + self.options.fetch_batch]
-                for uid, data in session.fetch(batch, METADATA_ITEMS).items():
-                    meta = _meta_from_fetch(uid, data)
-                    if meta is not None:
-                        listing.add(meta)
-        if old is not None and old.messages:
-            self._refresh_flags(session, listing, old)
+            self._sync_known(session, listing, old, status.exists)
+            if len(listing.messages) != status.exists:
+                log.debug("%r: %d listed but EXISTS is %d; relisting UIDs", folder, len(listing.messages),
+                          status.exists)
+                self._reconcile(session, listing, status.exists)
         listing.synced_at = self._clock()
         return listing
+
+    def _sync_known(self, session: Session, listing: Listing, old: Listing, exists: int) -> None:
+        new_uids: list[int] = []
+        if old.uidnext is None or listing.uidnext != old.uidnext:
+            new_uids = session.search_uids_from(old.uidnext or 1)
+            new_uids = [u for u in new_uids if u not in listing.messages]
+        modseq_moved = not (old.highestmodseq and listing.highestmodseq == old.highestmodseq)
+        if old.messages and modseq_moved and session.qresync and old.highestmodseq:
+            flags, vanished = session.changes_since(compact_uid_set(old.messages), old.highestmodseq)
+            for uid in vanished:
+                listing.remove(uid)
+            self._apply_flags(listing, flags)
+        else:
+            if len(old.messages) + len(new_uids) != exists:
+                self._drop_expunged(session, listing)
+            if old.messages and modseq_moved:
+                self._refresh_flags(session, listing, old)
+        self._fetch_metadata(session, listing, new_uids)
+
+    def _reconcile(self, session: Session, listing: Listing, exists: int) -> None:
+        present = self._drop_expunged(session, listing)
+        self._fetch_metadata(session, listing, [u for u in present if u not in listing.messages])
+
+    def _drop_expunged(self, session: Session, listing: Listing) -> list[int]:
+        present = session.search_all_uids()
+        present_set = set(present)
+        for uid in [u for u in listing.messages if u not in present_set]:
+            listing.remove(uid)
+        return present
+
+    def _fetch_metadata(self, session: Session, listing: Listing, uids: list[int]) -> None:
+        """Metadata only, never bodies: batches of fetch_batch UIDs as compact sets."""
+        for start in range(0, len(uids), self.options.fetch_batch):
+            batch = uids[start:start + self.options.fetch_batch]
+            for uid, data in sorted(session.fetch(batch, METADATA_ITEMS).items()):
+                meta = _meta_from_fetch(uid, data)
+                if meta is not None:
+                    listing.add(meta)
+
+    @staticmethod
+    def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> None:
+        for uid, new_flags in flags.items():
+            meta = listing.messages.get(uid)
+            if meta is not None:
+                meta.flags = _flags(new_flags)
 
     def _refresh_flags(self, session: Session, listing: Listing, old: Listing) -> None:
         """Flags are the only mutable part of a message; fetch only what changed."""
         known = [uid for uid in old.messages if uid in listing.messages]
         if not known:
-            return
-        if old.highestmodseq and listing.highestmodseq == old.highestmodseq:
             return
         modifiers = None
         if session.has("CONDSTORE") and old.highestmodseq:

@@ -34,6 +34,12 @@ class FakeMailbox:
     uidnext: int = 1
     messages: dict[int, FakeMessage] = field(default_factory=dict)
     modseq: int = 1
+    vanished: list[tuple[int, int]] = field(default_factory=list)  # (uid, modseq of its expunge)
+
+    def drop(self, uid: int) -> FakeMessage:
+        self.modseq += 1
+        self.vanished.append((uid, self.modseq))
+        return self.messages.pop(uid)
 
 
 class FakeServer:
@@ -66,9 +72,13 @@ class FakeServer:
         return uid
 
     def expunge(self, folder: str, uid: int) -> None:
+        self.mailboxes[folder].drop(uid)
+
+    def set_flags(self, folder: str, uid: int, flags: set[str]) -> None:
         box = self.mailboxes[folder]
-        del box.messages[uid]
         box.modseq += 1
+        box.messages[uid].flags = set(flags)
+        box.messages[uid].modseq = box.modseq
 
     def session(self) -> FakeSession:
         return FakeSession(self)
@@ -104,6 +114,7 @@ class FakeSession:
         self.status: FolderStatus | None = None
         self.last_used = time.monotonic()
         self.capabilities = server.capabilities
+        self.qresync = "QRESYNC" in server.capabilities
 
     def _log(self, *command: Any) -> None:
         self.last_used = time.monotonic()
@@ -183,6 +194,20 @@ class FakeSession:
             out[uid] = data
         return out
 
+    def search_uids_from(self, first_uid: int) -> list[int]:
+        self._log("UID SEARCH", f"UID {first_uid}:*")
+        return sorted(u for u in self._box().messages if u >= first_uid)
+
+    def changes_since(self, uid_set: str, modseq: int) -> tuple[dict[int, tuple[str, ...]], list[int]]:
+        assert self.qresync
+        self._log("UID FETCH", uid_set, ("UID", "FLAGS"), (f"CHANGEDSINCE {modseq} VANISHED",))
+        box = self._box()
+        known = set(_parse_uid_set(uid_set, sorted(set(box.messages) | {u for u, _ in box.vanished})))
+        flags = {uid: tuple(sorted(m.flags)) for uid, m in box.messages.items()
+                 if uid in known and m.modseq > modseq}
+        vanished = sorted(uid for uid, at in box.vanished if at > modseq and uid in known)
+        return flags, vanished
+
     def noop(self) -> None:
         self._log("NOOP")
 
@@ -210,9 +235,8 @@ class FakeSession:
         self._log("UID MOVE", list(uids), target)
         box = self._box()
         for uid in uids:
-            msg = box.messages.pop(uid)
+            msg = box.drop(uid)
             self.server.add(target, msg.raw, tuple(msg.flags), internaldate=msg.internaldate)
-        box.modseq += 1
 
     def set_flags(self, uids: list[int], flags: Any) -> None:
         self._log("UID STORE FLAGS", list(uids), tuple(flags))
@@ -235,8 +259,7 @@ class FakeSession:
         box = self._box()
         for uid in uids:
             if "\\Deleted" in box.messages.get(uid, FakeMessage(b"")).flags:
-                del box.messages[uid]
-        box.modseq += 1
+                box.drop(uid)
 
     def create_folder(self, folder: str) -> None:
         self._log("CREATE", folder)

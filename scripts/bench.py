@@ -1,0 +1,843 @@
+#!/usr/bin/env python3
+"""imapfs benchmark: how close do ordinary shell tools on an imapfs mount get to the protocol floor?
+
+    scripts/bench [--quick] [--repeat N] [--keep DIR] [--out FILE] [--mount-options OPTS] [--strict]
+
+Why ratios and not seconds: absolute times depend on the machine, the disk and
+what else runs there; a ratio against a baseline measured in the same run, on
+the same machine, against the same server, does not (much). Each baseline is
+the cheapest honest way to get the same bytes or the same answer without imapfs:
+
+1. cold ``ls -l`` of a 10,000-message folder (fresh mount)
+   / the same metadata fetched by one imapclient connection, batched UID FETCH of 500;
+2. warm ``ls -l`` (second run, same mount) / ``ls -l`` of a local directory of as many files;
+3. cold ``grep -rl TOKEN`` over 2,000 messages (fresh mount)
+   / every body fetched raw by one imapclient connection, batches of 100;
+4. the same cold grep / ``mbsync`` pulling the folder into a fresh Maildir, then ``grep -rl`` there;
+5. warm grep (same mount again) / grep over a local copy of the same messages;
+6. ``head -c 4096`` of a 50 MB message (fresh mount, folder listed first) / its full raw fetch;
+7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio).
+
+"Cold" means a fresh mount (imapfs caches empty) and, where the kernel lets us,
+a dropped page cache before the timed step, for the baseline as well as for
+imapfs so neither side gets warmer server files than the other. The server
+itself is warmed up (its index cache filled) before any timing, because a real
+server has been running for a while. Every timing is repeated (--repeat) and
+the median reported; every measured result is also checked (line counts, grep
+counts, the bytes head printed), because a fast wrong answer is worse than a
+slow right one.
+
+Everything runs on loopback: a throwaway Dovecot (tests/support/dovecot.py) with
+TLS, seeded here with parallel MULTIAPPEND (LITERAL+) on several connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import imapclient
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support.dovecot import Dovecot, stop_dir  # noqa: E402
+
+#: Grep needle; the filler text is lower-case words, so it can only occur where it is put on purpose.
+TOKEN = "IMAPFS-BENCH-NEEDLE-7F3A"
+LIST_FOLDER = "bench10k"
+GREP_FOLDER = "bench2k"
+BIG_FOLDER = "big"
+HEAD_BYTES = 4096
+#: Batch sizes of the baselines, fixed by the benchmark's definition (not tuned).
+FLOOR_META_BATCH = 500
+FLOOR_BODY_BATCH = 100
+SEED_CONNECTIONS = 4
+SEED_BATCH = 250
+MOUNT_TIMEOUT = 60.0
+SEED_MARKER = "bench-seed.json"
+#: The exact metadata a listing needs (ARCHITECTURE.md: a listing never downloads bodies).
+META_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"]
+#: C locale for every tool: locale-aware sorting (ls) and multibyte matching (grep) would
+#: otherwise make the local baselines depend on the caller's LANG.
+TOOL_ENV = {**os.environ, "LC_ALL": "C"}
+TOOL_ENV.pop("LANG", None)
+
+WORDS = (
+    "agenda budget meeting review quarterly report invoice project update draft schedule travel lunch "
+    "contract design release notes feedback minutes proposal summary office server backup network "
+    "deadline customer support ticket question answer reminder weekly planning status launch roadmap"
+).split()
+
+
+# ------------------------------------------------------------------------- data set
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of the three seeded folders; --quick shrinks all of them for a smoke run."""
+
+    list_count: int
+    list_size: int
+    grep_count: int
+    grep_size: int
+    grep_every: int
+    big_bytes: int
+
+    @property
+    def grep_matches(self) -> int:
+        """How many messages carry TOKEN: those with index % grep_every == 0."""
+        return len(range(0, self.grep_count, self.grep_every))
+
+
+FULL = Scale(list_count=10_000, list_size=1_500, grep_count=2_000, grep_size=10_000, grep_every=8,
+             big_bytes=50 * 1024 * 1024)
+QUICK = Scale(list_count=1_000, list_size=1_500, grep_count=200, grep_size=10_000, grep_every=8,
+              big_bytes=5 * 1024 * 1024)
+
+
+def _filler(rng: random.Random, size: int) -> bytes:
+    """Lower-case prose of about ``size`` bytes, in CRLF lines of under 80 characters."""
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choices(WORDS, k=rng.randint(6, 10)))
+        lines.append(line)
+        total += len(line) + 2
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def _headers(folder: str, index: int, when: dt.datetime, subject: str) -> bytes:
+    return (
+        f"From: Sender {index % 37} <sender{index % 37}@example.org>\r\n"
+        f"To: Alice <alice@example.org>\r\n"
+        f"Subject: {subject}\r\n"
+        f"Date: {when.strftime('%a, %d %b %Y %H:%M:%S +0000')}\r\n"
+        f"Message-ID: <{folder}.{index}@bench.imapfs.invalid>\r\n"
+        "MIME-Version: 1.0\r\n"
+    ).encode()
+
+
+def message_time(index: int) -> dt.datetime:
+    """Spread over about a year, so file names (which start with the date) differ like real ones."""
+    base = dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)
+    return base + dt.timedelta(minutes=53 * index)
+
+
+def small_message(folder: str, index: int, size: int, token: bool = False) -> bytes:
+    """One text/plain message of about ``size`` bytes; deterministic in (folder, index)."""
+    rng = random.Random(f"{folder}/{index}")
+    when = message_time(index)
+    subject = f"{rng.choice(WORDS).capitalize()} {rng.choice(WORDS)} #{index}"
+    head = _headers(folder, index, when, subject) + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    body = _filler(rng, max(size - len(head), 100))
+    if token:
+        lines = body.split(b"\r\n")
+        middle = len(lines) // 2
+        lines.insert(middle, f"the reference is {TOKEN} as agreed".encode())
+        body = b"\r\n".join(lines)
+    return head + body
+
+
+def big_message(size: int) -> bytes:
+    """A message of about ``size`` bytes: a short text part and a base64 attachment of random bytes.
+
+    Random bytes so nothing along the way (TLS, Dovecot) can compress the cost away.
+    """
+    rng = random.Random("big")
+    when = message_time(0)
+    text = _filler(rng, 2_000)
+    head = (
+        _headers(BIG_FOLDER, 0, when, "Large attachment")
+        + b'Content-Type: multipart/mixed; boundary="bench-boundary"\r\n\r\n'
+        + b"--bench-boundary\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n" + text
+        + b"--bench-boundary\r\nContent-Type: application/octet-stream\r\n"
+        + b'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="data.bin"\r\n\r\n'
+    )
+    tail = b"--bench-boundary--\r\n"
+    # base64 turns 57 raw bytes into a 76-character line plus CRLF: 78 bytes.
+    raw_len = max((size - len(head) - len(tail)) // 78 * 57, 57)
+    encoded = base64.encodebytes(rng.randbytes(raw_len)).replace(b"\n", b"\r\n")
+    return head + encoded + tail
+
+
+# ------------------------------------------------------------------------- seeding
+
+
+def _seed_marker(scale: Scale) -> dict[str, object]:
+    return {"scale": asdict(scale), "token": TOKEN, "version": 1}
+
+
+def _folder_counts(server: Dovecot) -> dict[str, int]:
+    with server.client() as client:
+        existing = {name for _flags, _delim, name in client.list_folders()}
+        return {name: int(client.folder_status(name, ["MESSAGES"])[b"MESSAGES"])
+                for name in (LIST_FOLDER, GREP_FOLDER, BIG_FOLDER) if name in existing}
+
+
+def _append_batch(server: Dovecot, folder: str, messages: list[tuple[bytes, dt.datetime]]) -> None:
+    """APPEND a batch on a connection of its own: MULTIAPPEND (one command, LITERAL+) when offered."""
+    with server.client(timeout=300) as client:
+        if client.has_capability("MULTIAPPEND"):
+            client.multiappend(folder, [{"msg": raw, "date": when} for raw, when in messages])
+        else:
+            for raw, when in messages:
+                client.append(folder, raw, msg_time=when)
+
+
+def seed(server: Dovecot, scale: Scale, log: Callable[[str], None]) -> None:
+    """Fill the three folders, unless a marker says this server dir already holds exactly this data set."""
+    marker_path = server.base_dir / SEED_MARKER
+    wanted = _seed_marker(scale)
+    expected = {LIST_FOLDER: scale.list_count, GREP_FOLDER: scale.grep_count, BIG_FOLDER: 1}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        if json.loads(marker_path.read_text()) == wanted and _folder_counts(server) == expected:
+            log(f"reusing the seeded server in {server.base_dir}")
+            return
+    marker_path.unlink(missing_ok=True)
+
+    started = time.perf_counter()
+    with server.client() as client:
+        existing = {name for _flags, _delim, name in client.list_folders()}
+        for name in expected:
+            if name in existing:
+                client.delete_folder(name)
+            client.create_folder(name)
+            client.subscribe_folder(name)
+
+    jobs: list[tuple[str, list[tuple[bytes, dt.datetime]]]] = []
+    for folder, count, size, every in ((LIST_FOLDER, scale.list_count, scale.list_size, 0),
+                                       (GREP_FOLDER, scale.grep_count, scale.grep_size, scale.grep_every)):
+        for start in range(0, count, SEED_BATCH):
+            batch = [(small_message(folder, i, size, token=bool(every) and i % every == 0), message_time(i))
+                     for i in range(start, min(start + SEED_BATCH, count))]
+            jobs.append((folder, batch))
+    jobs.append((BIG_FOLDER, [(big_message(scale.big_bytes), message_time(0))]))
+    with concurrent.futures.ThreadPoolExecutor(SEED_CONNECTIONS) as pool:
+        for future in [pool.submit(_append_batch, server, folder, batch) for folder, batch in jobs]:
+            future.result()
+
+    counts = _folder_counts(server)
+    if counts != expected:
+        raise BenchError(f"seeding gave {counts}, expected {expected}")
+    marker_path.write_text(json.dumps(wanted) + "\n")
+    log(f"seeded {sum(expected.values())} messages in {time.perf_counter() - started:.1f} s")
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+class BenchError(RuntimeError):
+    """A measured result was wrong, or a step could not run: the benchmark must not print a table."""
+
+
+def log_line(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+_drop_caches_works: bool | None = None
+
+
+def drop_caches() -> bool:
+    """Drop the kernel page cache if allowed (not in every container); report whether it was."""
+    global _drop_caches_works
+    if _drop_caches_works is False:
+        return False
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("3\n")
+        _drop_caches_works = True
+    except OSError:
+        _drop_caches_works = False
+    return _drop_caches_works
+
+
+def run_tool(argv: Sequence[str | Path], *, ok_codes: tuple[int, ...] = (0,)) -> tuple[float, bytes]:
+    """Run a shell tool, return (seconds, stdout); its output goes to a pipe so it is really produced."""
+    argv = [str(a) for a in argv]
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, env=TOOL_ENV, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode not in ok_codes:
+        raise BenchError(f"{shlex.join(argv)} exited with {done.returncode}: "
+                         f"{done.stderr.decode(errors='replace')[-2000:]}")
+    return elapsed, done.stdout
+
+
+def count_lines(output: bytes) -> int:
+    return len(output.splitlines())
+
+
+def expect(what: str, got: object, wanted: object) -> None:
+    """Fail loudly: a benchmark that times a wrong answer measures nothing."""
+    if got != wanted:
+        raise BenchError(f"WRONG RESULT: {what}: got {got!r}, expected {wanted!r}")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """From mountinfo, not stat: a stat of a hung FUSE mount would block."""
+    target = str(mountpoint).replace(" ", "\\040")
+    with open("/proc/self/mountinfo") as handle:
+        return any(line.split()[4] == target for line in handle)
+
+
+# ------------------------------------------------------------------------- imapfs mounts
+
+
+class Mount:
+    """One imapfs process in the foreground (-f), mounted at a fresh mount point; always unmounted.
+
+    A subprocess and not an in-process FUSE: what is measured is the real CLI,
+    and its VmRSS is the memory a user would see.
+    """
+
+    active: list[Mount] = []
+
+    def __init__(self, server: Dovecot, workdir: Path, label: str, extra_options: str) -> None:
+        self.server = server
+        self.mountpoint = workdir / f"mnt-{label}"
+        self.log_path = workdir / f"imapfs-{label}.log"
+        options = f"ca_file={server.ca_file}"
+        if extra_options:
+            options += f",{extra_options}"
+        self.argv = [sys.executable, "-m", "imapfs", "-f", "-o", options, server.url, str(self.mountpoint)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "IMAPFS_PASSWORD": self.server.password,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log_file, stderr=subprocess.STDOUT)
+        Mount.active.append(self)
+        try:
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while not is_mounted(self.mountpoint):
+                if self.proc.poll() is not None:
+                    raise BenchError(f"imapfs exited with {self.proc.returncode} before mounting:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"imapfs did not mount within {MOUNT_TIMEOUT:.0f} s:\n{self.log_tail()}")
+                time.sleep(0.02)
+        except BaseException:
+            self.unmount()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unmount()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def unmount(self) -> None:
+        """Lazy unmount, then make sure our process (and only ours, by pid) is gone.
+
+        Stays in ``Mount.active`` until done, so an interrupted unmount is finished by unmount_all().
+        """
+        if is_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, check=False)
+        if self.proc is not None and self.proc.poll() is None:
+            for sig, wait in ((None, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        self.proc.send_signal(sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=wait)
+                    break
+        if self in Mount.active:
+            Mount.active.remove(self)
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+
+def unmount_all() -> None:
+    for mount in list(Mount.active):
+        with contextlib.suppress(Exception):
+            mount.unmount()
+
+
+# ------------------------------------------------------------------------- baselines (imapclient)
+
+
+def floor_listing(server: Dovecot, folder: str) -> tuple[float, int]:
+    """The protocol floor of a listing, from nothing: connect, TLS, login, SELECT, UID SEARCH, UID FETCH x N/500.
+
+    Connecting is included because a fresh mount has to connect too.
+    """
+    started = time.perf_counter()
+    with server.client() as client:
+        client.select_folder(folder, readonly=True)
+        uids = client.search("ALL")
+        fetched = 0
+        for start in range(0, len(uids), FLOOR_META_BATCH):
+            fetched += len(client.fetch(uids[start:start + FLOOR_META_BATCH], META_ITEMS))
+    return time.perf_counter() - started, fetched
+
+
+def floor_bodies(server: Dovecot, folder: str) -> tuple[float, dict[int, bytes]]:
+    """Every body of a folder raw (BODY.PEEK[]), one connection, batches of 100 UIDs."""
+    started = time.perf_counter()
+    bodies: dict[int, bytes] = {}
+    with server.client(timeout=300) as client:
+        client.select_folder(folder, readonly=True)
+        uids = client.search("ALL")
+        for start in range(0, len(uids), FLOOR_BODY_BATCH):
+            for uid, data in client.fetch(uids[start:start + FLOOR_BODY_BATCH], ["BODY.PEEK[]"]).items():
+                bodies[uid] = data[b"BODY[]"]
+    return time.perf_counter() - started, bodies
+
+
+def write_mbsyncrc(server: Dovecot, directory: Path, maildir: Path) -> Path:
+    """An isync 1.4 config that pulls only GREP_FOLDER over verified TLS into ``maildir``.
+
+    isync 1.4 spells it SSLType (1.5 renamed it TLSType); Far/Near exist since 1.4.
+    """
+    password_file = directory / "password"
+    password_file.write_text(server.password + "\n")
+    password_file.chmod(0o600)
+    rc = directory / "mbsyncrc"
+    rc.write_text(f"""\
+IMAPAccount bench
+Host 127.0.0.1
+Port {server.imaps_port}
+User {server.user}
+PassCmd "cat {password_file}"
+SSLType IMAPS
+CertificateFile {server.ca_file}
+SystemCertificates no
+
+IMAPStore bench-far
+Account bench
+
+MaildirStore bench-near
+Path {maildir}/
+Inbox {maildir}/INBOX
+SubFolders Verbatim
+
+Channel bench
+Far :bench-far:{GREP_FOLDER}
+Near :bench-near:{GREP_FOLDER}
+Sync Pull
+Create Near
+SyncState *
+""")
+    rc.chmod(0o600)
+    return rc
+
+
+def mbsync_then_grep(rc: Path, maildir: Path) -> tuple[float, int]:
+    """mbsync into an empty Maildir, then grep there: the "copy it locally first" alternative to imapfs."""
+    shutil.rmtree(maildir, ignore_errors=True)
+    maildir.mkdir(parents=True)
+    drop_caches()
+    sync_time, _ = run_tool(["mbsync", "-q", "-c", rc, "bench"])
+    grep_time, out = run_tool(["grep", "-rl", TOKEN, maildir / GREP_FOLDER])
+    return sync_time + grep_time, count_lines(out)
+
+
+# ------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One line of the table: imapfs against its baseline (or, for memory, against a budget)."""
+
+    number: str
+    what: str
+    subject: str
+    baseline: str
+    target: float | None  # None: a diagnostic row that explains another one, with no target of its own
+    limit: float | None
+    subject_times: list[float] = field(default_factory=list)
+    baseline_times: list[float] = field(default_factory=list)
+    unit: str = "ratio"  # or "MB": then subject_times hold megabytes and there is no baseline
+
+    @property
+    def value(self) -> float:
+        if self.unit == "MB":
+            return max(self.subject_times)
+        return median(self.subject_times) / median(self.baseline_times)
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None or self.limit is None:
+            return "diagnostic"
+        if self.value <= self.target:
+            return "meets target"
+        if self.value <= self.limit:
+            return "within limit, misses target"
+        return "**FAILS limit**"
+
+
+def fmt_seconds(values: Sequence[float]) -> str:
+    value = median(values)
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
+    lines = [
+        "## imapfs benchmark",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- imapfs revision: {meta['revision']}",
+        f"- machine: {meta['machine']}",
+        f"- data set: {meta['dataset']}",
+        f"- timings: median of {meta['repeat']} runs; page cache dropped before cold runs: {meta['drop']}",
+        f"- imapfs mount options: `{meta['options']}`",
+        "",
+        "| # | measure | imapfs | baseline | ratio | target | limit | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row.unit == "MB":
+            lines.append(f"| {row.number} | {row.what} | {row.value:.1f} MB | - | {row.value:.1f} MB "
+                         f"| <= {row.target:g} MB | <= {row.limit:g} MB | {row.verdict} |")
+        else:
+            target = "-" if row.target is None else f"<= {row.target:g}"
+            limit = "-" if row.limit is None else f"<= {row.limit:g}"
+            lines.append(f"| {row.number} | {row.what} | {row.subject}: {fmt_seconds(row.subject_times)} "
+                         f"| {row.baseline}: {fmt_seconds(row.baseline_times)} | {row.value:.3g} "
+                         f"| {target} | {limit} | {row.verdict} |")
+    lines += ["", "Ratio = imapfs median / baseline median; lower is better. Every run's time, in ms:", ""]
+    for row in rows:
+        if row.unit == "MB":
+            lines.append(f"- {row.number}: RSS per mount: {', '.join(f'{v:.1f} MB' for v in row.subject_times)}")
+        else:
+            lines.append(f"- {row.number}: imapfs {_ms(row.subject_times)}; baseline {_ms(row.baseline_times)}")
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(values: Sequence[float]) -> str:
+    return " ".join(f"{v * 1000:.0f}" for v in values)
+
+
+# ------------------------------------------------------------------------- the measurements
+
+
+class Bench:
+    """Runs the seven measurements against one seeded server; each method fills its rows."""
+
+    def __init__(self, server: Dovecot, scale: Scale, repeat: int, workdir: Path, mount_options: str) -> None:
+        self.server = server
+        self.scale = scale
+        self.repeat = repeat
+        self.workdir = workdir
+        self.mount_options = mount_options
+        self.mounts = 0
+        self.log_paths: list[Path] = []
+
+    def mount(self, label: str) -> Mount:
+        self.mounts += 1
+        mount = Mount(self.server, self.workdir, f"{self.mounts:02d}-{label}", self.mount_options)
+        self.log_paths.append(mount.log_path)
+        return mount
+
+    def listing(self) -> list[Row]:
+        """Rows 1, 2 and 7: cold and warm ls -l, and the memory a 10,000-message listing costs.
+
+        Row 1b splits row 1: ``ls -f`` only reads the directory (no stat, no xattrs,
+        no sorting), so it costs the listing's IMAP work alone; the rest of row 1
+        is what the kernel asks per file.
+        """
+        n = self.scale.list_count
+        cold = Row("1", f"cold `ls -l` of {n:,} messages", "fresh mount",
+                   f"1 conn, UID FETCH x{FLOOR_META_BATCH}", 1.2, 2)
+        readdir_only = Row("1b", f"cold `ls -f` of {n:,} messages (readdir only)", "fresh mount",
+                           f"1 conn, UID FETCH x{FLOOR_META_BATCH}", None, None)
+        warm = Row("2", f"warm `ls -l` of {n:,} messages", "same mount", f"local dir of {n:,} files", 2, 5)
+        rss = Row("7", f"imapfs RSS after listing {n:,} messages", "VmRSS", "-", 80, 150, unit="MB")
+
+        _, fetched = floor_listing(self.server, LIST_FOLDER)  # warm the server's index cache, untimed
+        expect("metadata records fetched", fetched, n)
+        for _ in range(self.repeat):
+            drop_caches()
+            elapsed, fetched = floor_listing(self.server, LIST_FOLDER)
+            expect("metadata records fetched", fetched, n)
+            cold.baseline_times.append(elapsed)
+
+        names: list[str] = []
+        for _ in range(self.repeat):
+            with self.mount("ls") as mount:
+                folder = mount.mountpoint / LIST_FOLDER
+                drop_caches()
+                elapsed, out = run_tool(["ls", "-l", folder])
+                expect("cold ls -l lines (total + one per message)", count_lines(out), n + 1)
+                cold.subject_times.append(elapsed)
+                elapsed, out = run_tool(["ls", "-l", folder])
+                expect("warm ls -l lines", count_lines(out), n + 1)
+                warm.subject_times.append(elapsed)
+                rss.subject_times.append(vm_rss_mb(mount.pid))
+                names = os.listdir(folder)
+            with self.mount("ls-f") as mount:
+                drop_caches()
+                elapsed, out = run_tool(["ls", "-f", mount.mountpoint / LIST_FOLDER])
+                expect("cold ls -f lines (. and .. and one per message)", count_lines(out), n + 2)
+                readdir_only.subject_times.append(elapsed)
+        readdir_only.baseline_times = cold.baseline_times
+
+        local = self.workdir / "local-ls"
+        local.mkdir(exist_ok=True)
+        for name in names:
+            (local / name).touch()
+        run_tool(["ls", "-l", local])  # warm: this is the warm comparison
+        for _ in range(self.repeat):
+            elapsed, out = run_tool(["ls", "-l", local])
+            expect("local ls -l lines", count_lines(out), n + 1)
+            warm.baseline_times.append(elapsed)
+        return [cold, readdir_only, warm, rss]
+
+    def grep(self) -> list[Row]:
+        """Rows 3, 4 and 5: grep -rl through imapfs against raw fetching, mbsync, and a local copy."""
+        n, matches = self.scale.grep_count, self.scale.grep_matches
+        cold = Row("3", f"cold `grep -rl` over {n:,} messages", "fresh mount",
+                   f"1 conn, BODY.PEEK[] x{FLOOR_BODY_BATCH}", 1.2, 2)
+        vs_mbsync = Row("4", "cold `grep -rl` vs mbsync + grep", "fresh mount", "mbsync + grep", 0.7, 1)
+        warm = Row("5", "warm `grep -rl`", "same mount", "grep on local copy", 2, 4)
+
+        _, bodies = floor_bodies(self.server, GREP_FOLDER)  # warm the server, untimed
+        for _ in range(self.repeat):
+            drop_caches()
+            elapsed, bodies = floor_bodies(self.server, GREP_FOLDER)
+            expect("bodies fetched", len(bodies), n)
+            expect("bodies containing the token", sum(TOKEN.encode() in b for b in bodies.values()), matches)
+            cold.baseline_times.append(elapsed)
+
+        for _ in range(self.repeat):
+            with self.mount("grep") as mount:
+                folder = mount.mountpoint / GREP_FOLDER
+                drop_caches()
+                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
+                expect("cold grep -rl: files with the token", count_lines(out), matches)
+                cold.subject_times.append(elapsed)
+                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
+                expect("warm grep -rl: files with the token", count_lines(out), matches)
+                warm.subject_times.append(elapsed)
+        vs_mbsync.subject_times = list(cold.subject_times)
+
+        sync_dir = self.workdir / "mbsync"
+        sync_dir.mkdir(exist_ok=True)
+        maildir = sync_dir / "Maildir"
+        rc = write_mbsyncrc(self.server, sync_dir, maildir)
+        mbsync_then_grep(rc, maildir)  # warm-up, untimed, like the other baselines
+        for _ in range(self.repeat):
+            elapsed, found = mbsync_then_grep(rc, maildir)
+            expect("mbsync + grep -rl: files with the token", found, matches)
+            vs_mbsync.baseline_times.append(elapsed)
+
+        local = self.workdir / "local-grep"
+        local.mkdir(exist_ok=True)
+        for uid, body in bodies.items():
+            (local / f"{uid}.eml").write_bytes(body)
+        run_tool(["grep", "-rl", TOKEN, local])  # warm
+        for _ in range(self.repeat):
+            elapsed, out = run_tool(["grep", "-rl", TOKEN, local])
+            expect("local grep -rl: files with the token", count_lines(out), matches)
+            warm.baseline_times.append(elapsed)
+        return [cold, vs_mbsync, warm]
+
+    def big(self) -> list[Row]:
+        """Row 6: the first 4 KiB of a huge message must not cost the whole message."""
+        size_mb = self.scale.big_bytes / (1024 * 1024)
+        row = Row("6", f"`head -c {HEAD_BYTES}` of a {size_mb:g} MB message", "fresh mount, listed",
+                  "full raw fetch", 0.02, 0.2)
+        expected = big_message(self.scale.big_bytes)
+
+        def fetch_big() -> tuple[float, bytes]:
+            elapsed, bodies = floor_bodies(self.server, BIG_FOLDER)
+            expect("messages in the big folder", len(bodies), 1)
+            return elapsed, next(iter(bodies.values()))
+
+        fetch_big()  # warm
+        for _ in range(self.repeat):
+            drop_caches()
+            elapsed, raw = fetch_big()
+            expect("big message fetched raw == what was appended", raw == expected, True)
+            row.baseline_times.append(elapsed)
+
+        for _ in range(self.repeat):
+            with self.mount("head") as mount:
+                folder = mount.mountpoint / BIG_FOLDER
+                files = os.listdir(folder)
+                expect("files in the big folder", len(files), 1)
+                drop_caches()
+                elapsed, out = run_tool(["head", "-c", str(HEAD_BYTES), folder / files[0]])
+                expect(f"head -c {HEAD_BYTES} == the message's first {HEAD_BYTES} bytes",
+                       out == expected[:HEAD_BYTES], True)
+                row.subject_times.append(elapsed)
+        return [row]
+
+    def log_notes(self) -> list[str]:
+        """What imapfs logged above INFO: the first hint when a ratio is off."""
+        notes: list[str] = []
+        for path in self.log_paths:
+            with contextlib.suppress(FileNotFoundError):
+                for line in path.read_text(errors="replace").splitlines():
+                    if any(level in line for level in ("WARNING", "ERROR", "Traceback", "CRITICAL")):
+                        notes.append(f"imapfs log {path.name}: {line.strip()[:300]}")
+        if len(notes) > 20:
+            notes = notes[:20] + [f"... and {len(notes) - 20} more log lines above INFO"]
+        return notes
+
+
+# ------------------------------------------------------------------------- main
+
+
+def machine_description() -> str:
+    dovecot = subprocess.run(["dovecot", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    mbsync = subprocess.run(["mbsync", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return (f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, Dovecot {dovecot.split()[0] if dovecot else '?'}, "
+            f"{mbsync or 'mbsync ?'}, imapclient {imapclient.__version__}")
+
+
+def imapfs_revision() -> str:
+    """The commit measured, marked dirty when the work tree differs: results are only comparable per revision."""
+    done = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown (not a git checkout)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the median is reported (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1,000 / 200 messages and a 5 MB message instead of 10,000 / 2,000 / 50 MB")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the seeded Dovecot in DIR and reuse it next time (reseeded if the data set differs)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results.md"),
+                        help="also write the Markdown table here (default: ./bench-results.md)")
+    parser.add_argument("--workdir", type=Path, help="mount points, logs, local copies (default: a temp dir, removed)")
+    parser.add_argument("--mount-options", default="",
+                        help="extra imapfs -o options for every mount, e.g. connections=8,body_cache_mb=512")
+    parser.add_argument("--strict", action="store_true", help="exit 3 if any measure fails its limit")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def dovecot_server(keep: Path | None) -> Iterator[Dovecot]:
+    """A started Dovecot; a --keep dir survives (mail and all), a temp one is deleted."""
+    if keep is not None:
+        keep = keep.absolute()
+        stop_dir(keep)  # a server left running in our own dir by an interrupted run
+    server = Dovecot(keep)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        log_line("needs root (the test Dovecot's master switches users)")
+        return 2
+    for tool in ("fusermount3", "mbsync", "ls", "grep", "head"):
+        if shutil.which(tool) is None:
+            log_line(f"{tool} not found: run scripts/setup (apt-get install -y fuse3 isync)")
+            return 2
+    signal.signal(signal.SIGTERM, _raise_on_signal)
+    signal.signal(signal.SIGHUP, _raise_on_signal)
+
+    scale = QUICK if args.quick else FULL
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="imapfs-bench-")) if own_workdir else args.workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["scripts/bench", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    revision = imapfs_revision()  # before the run: the tree may change while it runs
+    succeeded = False
+    try:
+        with dovecot_server(args.keep) as server:
+            seed(server, scale, log_line)
+            bench = Bench(server, scale, args.repeat, workdir, args.mount_options)
+            rows: list[Row] = []
+            for step in (bench.listing, bench.grep, bench.big):
+                log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
+                rows += step()
+            notes = bench.log_notes()
+        succeeded = True
+    except BenchError as exc:
+        log_line(f"FAILED: {exc}")
+        log_line(f"imapfs logs and local copies are kept in {workdir}")
+        return 1
+    except KeyboardInterrupt as exc:
+        log_line(f"interrupted ({exc or 'SIGINT'}); unmounted and stopped everything; files kept in {workdir}")
+        return 130
+    finally:
+        unmount_all()
+        if own_workdir and succeeded:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows.sort(key=lambda row: (int(row.number.rstrip("ab")), row.number))
+    meta = {
+        "command": command,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "revision": revision,
+        "machine": machine_description(),
+        "dataset": (f"{scale.list_count:,} x ~{scale.list_size / 1000:g} KB in {LIST_FOLDER}; "
+                    f"{scale.grep_count:,} x ~{scale.grep_size / 1000:g} KB in {GREP_FOLDER}, "
+                    f"{scale.grep_matches} with the token; 1 x {scale.big_bytes / 2**20:g} MB in {BIG_FOLDER}"),
+        "repeat": str(args.repeat),
+        "drop": "yes" if _drop_caches_works else "no (not permitted here; cold = fresh mount)",
+        "options": f"ca_file=...{',' + args.mount_options if args.mount_options else ''}",
+    }
+    text = markdown(rows, meta, notes)
+    print(text)
+    args.out.write_text(text)
+    log_line(f"wrote {args.out} ({time.perf_counter() - started:.0f} s in all)")
+    if args.strict and any(row.limit is not None and row.value > row.limit for row in rows):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
