@@ -223,9 +223,8 @@ def prefer_libfuse3() -> None:
 def run_mount(account: Account, password: str, options: Options, fuse_options: dict, mountpoint: str,
               fuse_debug: bool, ready_fd: int | None) -> int:
     prefer_libfuse3()
-    import mfusepy
 
-    from imapfs.fs import ImapFS
+    from imapfs.fs import ImapFS, ImapFUSE
     from imapfs.pool import ConnectionPool
     from imapfs.store import MailStore
     from imapfs.watcher import Watcher
@@ -258,7 +257,7 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     kernel_options.setdefault("fsname", account.display)
     kernel_options.setdefault("subtype", "imapfs")
     try:
-        mfusepy.FUSE(operations, mountpoint, raw_fi=True, foreground=True, debug=fuse_debug,
+        ImapFUSE(operations, mountpoint, raw_fi=True, foreground=True, debug=fuse_debug,
                      attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout,
                      negative_timeout=options.negative_timeout, **kernel_options)
     except RuntimeError as exc:

@@ -52,8 +52,9 @@ class Options:
     fetch_batch: int = _opt(500, "UIDs per metadata FETCH command while listing", minimum=1)
     body_cache_mb: int = _opt(256, "memory for cached message bodies, in MiB", minimum=0)
     header_cache_folders: int = _opt(256, "folder listings kept in the header cache", minimum=1)
-    attr_timeout: float = _opt(5.0, "seconds the kernel may cache file attributes", minimum=0)
-    entry_timeout: float = _opt(5.0, "seconds the kernel may cache name lookups", minimum=0)
+    attr_timeout: float = _opt(30.0, "seconds the kernel may cache file attributes (changes seen by the "
+                               "watcher are pushed to the kernel at once with libfuse 3)", minimum=0)
+    entry_timeout: float = _opt(30.0, "seconds the kernel may cache name lookups", minimum=0)
     negative_timeout: float = _opt(2.0, "seconds the kernel may cache 'no such file'", minimum=0)
     delete: str = _opt("trash", "what rm does: 'trash' moves to Trash, 'expunge' deletes at once",
                        choices=("trash", "expunge"))

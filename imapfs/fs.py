@@ -20,6 +20,7 @@ import functools
 import itertools
 import logging
 import os
+import queue
 import stat
 import tempfile
 import threading
@@ -45,7 +46,7 @@ from imapfs.errors import (
     StaleMessage,
 )
 from imapfs.model import Folder, MessageMeta
-from imapfs.store import MailStore
+from imapfs.store import WHOLE_LIMIT, MailStore
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -191,6 +192,11 @@ class ImapFS(fuse.Operations):
         # (uidvalidity, uid) last opened at each path: the kernel may keep a
         # file's pages only while the same message is behind that path.
         self._opened_as: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=100_000)
+        # (uidvalidity, uid, size) last told to the kernel for each message
+        # path: reads may go through the page cache only while it is right.
+        self._told: LRUCache[str, tuple[int, int, int]] = LRUCache(maxsize=200_000)
+        self._forget_queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._forgetter: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------
     def init(self, path: str) -> None:
@@ -199,10 +205,28 @@ class ImapFS(fuse.Operations):
         context = fuse._libfuse.fuse_get_context()
         if context and hasattr(fuse._libfuse, "fuse_invalidate_path"):
             self._fuse_handle = ctypes.c_void_p(context.contents.fuse)
+        if self._fuse_handle is not None:
+            self._forgetter = threading.Thread(target=self._forget_loop, name="imapfs-invalidate", daemon=True)
+            self._forgetter.start()
+        self.store.on_names_changed = self.names_changed
         if self._on_init:
             self._on_init()
 
     # --- changes made elsewhere -------------------------------------------
+    def _forget_loop(self) -> None:
+        while (paths := self._forget_queue.get()) is not None:
+            try:
+                self._kernel_forget(paths)
+            except Exception:
+                log.exception("kernel invalidation failed")
+
+    def names_changed(self, folder: str, filenames: list[str]) -> None:
+        """The store learnt that the kernel may hold wrong attributes for these
+        names. Called from FUSE threads, so the kernel is told from another."""
+        directory = self._folder_path(folder)
+        if directory is not None and self._forgetter is not None:
+            self._forget_queue.put([f"{directory}/{name}" for name in filenames])
+
     def _kernel_forget(self, paths: list[str]) -> None:
         """Make the kernel drop cached names, attributes and pages for paths.
 
@@ -264,6 +288,7 @@ class ImapFS(fuse.Operations):
         self._kernel_forget(paths)
 
     def destroy(self, path: str) -> None:
+        self._forget_queue.put(None)
         if self._on_destroy:
             self._on_destroy()
         self.store.close()
@@ -344,6 +369,8 @@ class ImapFS(fuse.Operations):
         if isinstance(target, Alias):
             return self._stat(0o444, target.size, target.mtime_ns)
         meta = target.meta
+        with self._state_lock:
+            self._told[path] = (target.uidvalidity, meta.uid, meta.size)
         return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
 
     def _dir_stat(self, node: DirNode) -> dict[str, Any]:
@@ -357,16 +384,29 @@ class ImapFS(fuse.Operations):
                 "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 65536,
                 "st_mtime": when_ns, "st_ctime": when_ns, "st_atime": when_ns}
 
+    def readdir(self, path: str, fh: int) -> list[Any]:
+        return self.readdir_entries(path, fh, plus=False)
+
     @fuse_operation
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir_entries(self, path: str, fh: int, plus: bool) -> list[Any]:
+        """Entries with attributes; plus: the kernel takes them as lookups (READDIRPLUS)."""
         node = self._resolve(path)
         if not isinstance(node, DirNode):
             raise refuse(errno.ENOTDIR)
-        entries = [".", ".."] + list(node.children)
+        # Attributes go with the names: with READDIRPLUS (ImapFUSE below)
+        # the kernel then needs no LOOKUP per file for `ls -l`.
+        entries: list[Any] = [".", ".."]
+        entries.extend((name, self._dir_stat(child), 0) for name, child in node.children.items())
         if node.folder is not None and node.folder.selectable:
             listing = self.store.listing(node.folder.name)
-            entries.extend(name for name in listing.by_name if name not in node.children)
+            entries.extend((name, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0)
+                           for name, meta in ((n, listing.messages[u]) for n, u in listing.by_name.items())
+                           if name not in node.children)
             with self._state_lock:
+                if plus:
+                    prefix = path.rstrip("/") + "/"
+                    for name, uid in listing.by_name.items():
+                        self._told[prefix + name] = (listing.uidvalidity, uid, listing.messages[uid].size)
                 entries.extend(name for (folder, name) in self._new_files if folder == node.folder.name)
         return entries
 
@@ -415,7 +455,14 @@ class ImapFS(fuse.Operations):
             self._check_writable()
             raise refuse(errno.EACCES)  # messages are immutable in IMAP
         ref = self._message(path)
+        shown_size = ref.meta.size
+        if not ref.meta.size_verified and ref.meta.size <= WHOLE_LIMIT:
+            # It will be read: fetch it now (read-ahead included), so its real
+            # length is known before the kernel reads through its page cache.
+            self.store.body(ref.folder.name, ref.uidvalidity, ref.meta)
         fi.fh = self._new_handle(ReadHandle(ref))
+        if hasattr(fi, "noflush"):
+            fi.noflush = 1  # nothing to flush on a read handle: spare the round trip at close
         # A message is immutable, so the kernel may keep its pages across
         # opens, as long as the same message is behind the path: a folder
         # recreated elsewhere can reuse a name for other bytes.
@@ -426,8 +473,16 @@ class ImapFS(fuse.Operations):
         with self._state_lock:
             same_message = self._opened_as.get(path) == identity
             self._opened_as[path] = identity
-        fi.keep_cache = 1 if ref.meta.size_verified and same_message else 0
-        fi.direct_io = 0 if ref.meta.size_verified else 1
+            kernel_knows = self._told.get(path) == (*identity, ref.meta.size)
+        # The kernel clamps page-cache reads at the size it holds: only when
+        # that is this message's real size may reads go through the cache.
+        # Otherwise (a folder recreated under the same names, a size the
+        # server got wrong) read direct, and have the kernel told.
+        size_known = ref.meta.size_verified and ref.meta.size == shown_size and kernel_knows
+        fi.keep_cache = 1 if size_known and same_message else 0
+        fi.direct_io = 0 if size_known else 1
+        if not kernel_knows and ref.meta.size_verified:
+            self.names_changed(ref.folder.name, [ref.meta.filename])
         return 0
 
     @fuse_operation
@@ -467,6 +522,11 @@ class ImapFS(fuse.Operations):
 
     @fuse_operation
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith("user.imap."):
+            # ls -l asks for security.selinux and system.posix_acl_access on
+            # every file, and the kernel does not remember "none": answer
+            # before any lookup, it is most of what `ls -l` costs otherwise.
+            raise refuse(ENOATTR)
         target = self._resolve(path)
         if isinstance(target, DirNode):
             if name == XATTR_FOLDER and target.folder is not None:
@@ -727,6 +787,42 @@ class ImapFS(fuse.Operations):
     def link(self, target: str, source: str) -> int:
         self._check_writable()
         raise refuse(errno.EPERM)
+
+
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
+
+
+class ImapFUSE(fuse.FUSE):
+    """mfusepy's FUSE, answering READDIRPLUS with full attributes.
+
+    mfusepy passes only the mode to libfuse's filler and never sets
+    FUSE_FILL_DIR_PLUS, so the kernel follows every readdir with one
+    LOOKUP per entry: 10,000 extra round trips for `ls -l` on a big
+    folder. libfuse 3 takes the attributes and answers those itself.
+    """
+
+    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
+                       flags: int) -> int:
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        items = self.operations.readdir_entries(decoded, fip.contents.fh, plus)
+        st = fuse.c_stat()
+        for item in items:
+            name, attrs = (item, None) if isinstance(item, str) else (item[0], item[1])
+            fill_flags = 0
+            stat_arg = None
+            if isinstance(attrs, dict):
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                if plus:
+                    fuse.set_st_attrs(st, attrs, use_ns=True)
+                    fill_flags = FUSE_FILL_DIR_PLUS
+                else:
+                    st.st_mode = attrs["st_mode"]
+                stat_arg = st
+            if filler(buf, name.encode(self.encoding, self.errors), stat_arg, 0, fill_flags) != 0:
+                break
+        return 0
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from cachetools import LRUCache
+
 from imapfs import names
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
@@ -28,9 +30,14 @@ log = logging.getLogger(__name__)
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"
 METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
-# Messages up to this size are fetched whole on first read; larger ones in
-# aligned chunks, so `head` on a 50 MB message costs one chunk, not 50 MB.
-CHUNK_SIZE = 1 << 20
+# Messages up to WHOLE_LIMIT are fetched whole on first read; larger ones in
+# aligned chunks, so `head` on a 50 MB message costs one small chunk, not
+# 50 MB. A reader going through a large message chunk after chunk gets
+# growing spans (up to MAX_SPAN_CHUNKS per FETCH), so `cat` is not one round
+# trip per 128 KiB either.
+WHOLE_LIMIT = 1 << 20
+CHUNK_SIZE = 128 * 1024
+MAX_SPAN_CHUNKS = 32
 # While the server is unreachable, cached listings are shown and the server
 # is tried again after this many seconds.
 OFFLINE_RETRY_SECONDS = 5.0
@@ -46,7 +53,10 @@ class MailStore:
         self._clock = clock
         self.listings = ListingCache(options.header_cache_folders)
         self.bodies = BodyCache(options.body_cache_mb * 1024 * 1024)
-        self.readahead = ReadAhead(self.fetch_bodies, small=lambda size: size <= CHUNK_SIZE,
+        self._spans_lock = threading.Lock()  # guards _spans
+        # per large message: (last chunk index fetched, span of that fetch)
+        self._spans: LRUCache[tuple[str, int, int], tuple[int, int]] = LRUCache(maxsize=1024)
+        self.readahead = ReadAhead(self.fetch_bodies, small=lambda size: size <= WHOLE_LIMIT,
                                    cached=self.bodies.__contains__, budget_bytes=self.bodies.max_bytes,
                                    workers=max(1, options.connections - 1))
         self._sync_locks: dict[str, threading.Lock] = {}
@@ -54,6 +64,9 @@ class MailStore:
         self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
         # Called with a folder's name whenever it is listed: the watcher IDLEs on the latest.
         self.on_folder_used: Callable[[str], None] | None = None
+        # Called with (folder, file names) whose attributes the kernel may hold
+        # wrongly now: the folder was recreated, or a size proved wrong.
+        self.on_names_changed: Callable[[str, list[str]], None] | None = None
 
     def close(self) -> None:
         self.readahead.close()
@@ -138,6 +151,7 @@ class MailStore:
         if old is not None and old.uidvalidity != status.uidvalidity:
             log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
                      folder, old.uidvalidity, status.uidvalidity)
+            self._names_changed(folder, list(old.by_name))
             old = None
         listing = Listing(folder=folder, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
                           highestmodseq=status.highestmodseq)
@@ -236,7 +250,7 @@ class MailStore:
         self._used(folder)
         if size <= 0 or (meta.size_verified and offset >= meta.size):
             return b""
-        if meta.size <= CHUNK_SIZE:
+        if meta.size <= WHOLE_LIMIT:
             return self.body(folder, uidvalidity, meta)[offset:offset + size]
         pieces = []
         position, end = offset, offset + size
@@ -277,7 +291,7 @@ class MailStore:
             if data is None:
                 data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, None))
                 self.bodies.put(key, data)
-        self._learn_size(meta, len(data))
+        self._learn_size(meta, len(data), folder)
         return data
 
     def fetch_bodies(self, folder: str, uidvalidity: int, keys: list[Hashable]) -> None:
@@ -307,19 +321,43 @@ class MailStore:
         key = (folder, uidvalidity, meta.uid, index)
         data = self.bodies.get(key)
         if data is None:
-            data = self.pool.run(
-                lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, (index * CHUNK_SIZE, CHUNK_SIZE)))
-            self.bodies.put(key, data)
+            span = self._span_for(key)
+            start = index * CHUNK_SIZE
+            blob = self.pool.run(
+                lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, (start, span * CHUNK_SIZE)))
+            for i in range(span):
+                piece = blob[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
+                if i and not piece:
+                    break
+                self.bodies.put((folder, uidvalidity, meta.uid, index + i), piece)
+                if len(piece) < CHUNK_SIZE:
+                    break
+            data = blob[:CHUNK_SIZE]
         if len(data) < CHUNK_SIZE:
-            self._learn_size(meta, index * CHUNK_SIZE + len(data))
+            self._learn_size(meta, index * CHUNK_SIZE + len(data), folder)
         return data
 
-    def _learn_size(self, meta: MessageMeta, real_size: int) -> None:
+    def _span_for(self, key: tuple[str, int, int, int]) -> int:
+        """Chunks to fetch from key on: 1 for a jump, doubling while a reader goes straight on."""
+        message, index = key[:3], key[3]
+        with self._spans_lock:
+            last = self._spans.get(message)
+            span = min(last[1] * 2, MAX_SPAN_CHUNKS) if last and last[0] == index - 1 else 1
+            self._spans[message] = (index + span - 1, span)
+        return span
+
+    def _learn_size(self, meta: MessageMeta, real_size: int, folder: str | None = None) -> None:
         if meta.size != real_size:
             log.warning("server said UID %d has %d bytes, it has %d; showing the real size",
                         meta.uid, meta.size, real_size)
             meta.size = real_size
+            if folder is not None:
+                self._names_changed(folder, [meta.filename])
         meta.size_verified = True
+
+    def _names_changed(self, folder: str, filenames: list[str]) -> None:
+        if self.on_names_changed is not None and filenames:
+            self.on_names_changed(folder, filenames)
 
     def _fetch_part(self, session: Session, folder: str, uidvalidity: int, uid: int,
                     part: tuple[int, int] | None) -> bytes:

@@ -6,7 +6,7 @@ import pytest
 
 from imapfs.config import Options
 from imapfs.errors import NotFound, ServerUnavailable, StaleMessage
-from imapfs.store import CHUNK_SIZE, MailStore
+from imapfs.store import CHUNK_SIZE, WHOLE_LIMIT, MailStore
 from tests.unit.fakes import FakePool, FakeServer
 
 
@@ -124,7 +124,7 @@ def test_wrong_rfc822_size_is_corrected_on_read(server, store):
 
 
 def test_large_message_is_read_in_chunks_across_boundaries(server, store):
-    raw = msg("big", bytes(range(256)) * (3 * CHUNK_SIZE // 256 + 7))
+    raw = msg("big", bytes(range(256)) * ((WHOLE_LIMIT + 3 * CHUNK_SIZE) // 256 + 7))
     server.add("INBOX", raw)
     listing = store.listing("INBOX")
     meta = listing.messages[1]
@@ -215,3 +215,15 @@ def test_random_access_fetches_only_what_is_read(server, store):
     read_all(store, listing, picks)
     fetched = [u for c in body_fetches(server) for u in c[1]]
     assert sorted(fetched) == sorted(picks)
+
+
+def test_reading_a_large_message_straight_through_takes_growing_spans(server, store):
+    raw = msg("huge", bytes(range(256)) * (40 * CHUNK_SIZE // 256 + 3))
+    server.add("INBOX", raw)
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    got = b"".join(store.read("INBOX", listing.uidvalidity, meta, off, 65536) for off in range(0, len(raw), 65536))
+    assert got == raw
+    spans = [int(c[2][0].split(".")[-1].rstrip(">")) // CHUNK_SIZE for c in body_fetches(server)]
+    assert spans[:4] == [1, 2, 4, 8] and len(spans) < 10
+    assert meta.size_verified and meta.size == len(raw)
