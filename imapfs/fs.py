@@ -189,6 +189,7 @@ class ImapFS(fuse.Operations):
         self._tree = DirNode(folder=None)
         self.initialized = False  # set once the kernel has accepted the mount
         self._fuse_handle: ctypes.c_void_p | None = None  # libfuse's struct fuse *, for invalidation
+        self._fuse_handle_lock = threading.Lock()  # guards _fuse_handle against destroy() mid-call
         # (uidvalidity, uid) last opened at each path: the kernel may keep a
         # file's pages only while the same message is behind that path.
         self._opened_as: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=100_000)
@@ -235,10 +236,11 @@ class ImapFS(fuse.Operations):
         the notice. Without libfuse 3 this is skipped and the kernel's
         caches expire by attr_timeout/entry_timeout instead.
         """
-        if self._fuse_handle is None:
-            return
-        for path in paths:
-            fuse._libfuse.fuse_invalidate_path(self._fuse_handle, path.encode("utf-8", "surrogateescape"))
+        with self._fuse_handle_lock:
+            if self._fuse_handle is None:
+                return
+            for path in paths:
+                fuse._libfuse.fuse_invalidate_path(self._fuse_handle, path.encode("utf-8", "surrogateescape"))
 
     def _folder_path(self, folder: str) -> str | None:
         try:
@@ -288,6 +290,10 @@ class ImapFS(fuse.Operations):
         self._kernel_forget(paths)
 
     def destroy(self, path: str) -> None:
+        # libfuse frees its struct fuse after this returns: no invalidation
+        # may start from now on (one still running is waited for).
+        with self._fuse_handle_lock:
+            self._fuse_handle = None
         self._forget_queue.put(None)
         if self._on_destroy:
             self._on_destroy()
@@ -454,7 +460,7 @@ class ImapFS(fuse.Operations):
         if writing:
             self._check_writable()
             raise refuse(errno.EACCES)  # messages are immutable in IMAP
-        ref = self._message(path)
+        ref = target if isinstance(target, MessageRef) else self._message(path)
         shown_size = ref.meta.size
         if not ref.meta.size_verified and ref.meta.size <= WHOLE_LIMIT:
             # It will be read: fetch it now (read-ahead included), so its real
@@ -522,10 +528,14 @@ class ImapFS(fuse.Operations):
 
     @fuse_operation
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        if not name.startswith("user.imap."):
+        if not name.startswith("user."):
             # ls -l asks for security.selinux and system.posix_acl_access on
-            # every file, and the kernel does not remember "none": answer
-            # before any lookup, it is most of what `ls -l` costs otherwise.
+            # every file, and the kernel does not remember the answer. ENOTSUP
+            # (not ENODATA) lets ls remember that this filesystem has none and
+            # stop asking; the kernel itself only gives up on ENOSYS, so
+            # user.imap.* keeps working.
+            raise refuse(errno.ENOTSUP)
+        if not name.startswith("user.imap."):
             raise refuse(ENOATTR)
         target = self._resolve(path)
         if isinstance(target, DirNode):

@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 
 import imapclient
+from imapclient.exceptions import LoginError
 
 DOVECOT_BIN = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM_BIN = shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -74,6 +75,11 @@ class Dovecot:
     mail survive, so tests can check reconnection to "the same server". A base dir
     created here (``base_dir=None``) is deleted by ``__exit__``; a given one is kept,
     which is how the CLI persists a demo account across runs.
+
+    The dovecot users must be able to traverse every parent of the base dir; start()
+    adds o+x where missing. Avoid pytest's tmp_path for it: each new pytest session
+    resets /tmp/pytest-of-$USER to 0700, which breaks a server still running there
+    ("Temporary authentication failure" and "missing +x perm" in the log).
     """
 
     host: str = "127.0.0.1"
@@ -181,12 +187,12 @@ class Dovecot:
         self.start()
 
     def close(self) -> None:
-        """Stop, and delete the base dir if this object created it."""
+        """Stop, and delete the base dir if this object created it (mail and all)."""
         self.stop()
+        if self.run_dir != self.base_dir / "run":  # the short socket dir in /tmp holds nothing to keep
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         if self._owns_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-            if self.run_dir != self.base_dir / "run":
-                shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> Dovecot:
         self.start()
@@ -232,9 +238,12 @@ class Dovecot:
         )
         try:
             client.login(self.user, self.password)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 client.shutdown()
+            if isinstance(exc, LoginError):
+                # Our own credentials: a refusal is a server problem, and its reason is in the log.
+                raise DovecotError(f"login as {self.user} failed: {exc}\n{self._log_tail()}") from exc
             raise
         return client
 
@@ -250,13 +259,17 @@ class Dovecot:
             return _append(client, folder, message, flags, msg_time)
 
     def create_folder(self, name: str) -> None:
-        """Create a folder; ``name`` is unicode with '/' separators, imapclient sends modified UTF-7."""
+        """Create and subscribe a folder.
+
+        ``name`` is unicode with '/' separators; imapclient sends it as modified UTF-7.
+        Creating "a/b" without "a" leaves "a" a \\Noselect placeholder, as on most servers.
+        """
         with self.client() as client:
             client.create_folder(name)
             client.subscribe_folder(name)
 
     def delete_folder(self, name: str) -> None:
-        """Delete a folder (and, as IMAP requires, not its children)."""
+        """Delete a folder; per IMAP DELETE, its subfolders (if any) stay."""
         with self.client() as client:
             client.delete_folder(name)
 
@@ -437,6 +450,14 @@ service imap-login {{
 }}
 service imap {{
   process_limit = 500
+}}
+# anvil's auth penalty delays every login from an IP after a failed one, up to 15 s
+# (auth_failure_delay does not cover it): one wrong-password test would slow the
+# rest of the session. mode 0 on its socket is Dovecot's documented off switch.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 """
 
