@@ -180,6 +180,7 @@ class ImapFS(fuse.Operations):
         self._gid = os.getgid()
         self._mounted_at_ns = time.time_ns()
         self._handles: dict[int, ReadHandle | WriteHandle] = {}
+        self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
         self._handle_ids = itertools.count(1)
         self._state_lock = threading.Lock()  # guards _handles, _new_files, _aliases
         self._new_files: dict[tuple[str, str], NewFile] = {}
@@ -389,6 +390,33 @@ class ImapFS(fuse.Operations):
         return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self._uid, "st_gid": self._gid,
                 "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": 65536,
                 "st_mtime": when_ns, "st_ctime": when_ns, "st_atime": when_ns}
+
+    @fuse_operation
+    def opendir(self, path: str) -> int:
+        if not isinstance(self._resolve(path), DirNode):
+            raise refuse(errno.ENOTDIR)
+        with self._state_lock:
+            number = next(self._handle_ids)
+            self._dir_snapshots[number] = None
+        return number
+
+    @fuse_operation
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._state_lock:
+            self._dir_snapshots.pop(fh, None)
+        return 0
+
+    def dir_snapshot(self, path: str, fh: int, offset: int, plus: bool) -> list[Any]:
+        """The entries of an open directory, computed when it is read from
+        the start and kept for the kernel's follow-up calls at an offset."""
+        with self._state_lock:
+            entries = self._dir_snapshots.get(fh)
+        if entries is None or offset == 0:
+            entries = self.readdir_entries(path, fh, plus)
+            with self._state_lock:
+                if fh in self._dir_snapshots:
+                    self._dir_snapshots[fh] = entries
+        return entries
 
     def readdir(self, path: str, fh: int) -> list[Any]:
         return self.readdir_entries(path, fh, plus=False)
@@ -814,11 +842,18 @@ class ImapFUSE(fuse.FUSE):
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
                        flags: int) -> int:
+        # Entries carry offsets (index + 1): libfuse 3 only passes READDIRPLUS
+        # attributes on to the kernel in its offset mode; in the other mode it
+        # sends them with node id 0, which the kernel ignores.
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         plus = bool(flags & FUSE_READDIR_PLUS)
-        items = self.operations.readdir_entries(decoded, fip.contents.fh, plus)
+        try:
+            items = self.operations.dir_snapshot(decoded, fip.contents.fh, offset, plus)
+        except fuse.FuseOSError as exc:
+            return -exc.errno
         st = fuse.c_stat()
-        for item in items:
+        for index in range(offset, len(items)):
+            item = items[index]
             name, attrs = (item, None) if isinstance(item, str) else (item[0], item[1])
             fill_flags = 0
             stat_arg = None
@@ -830,7 +865,7 @@ class ImapFUSE(fuse.FUSE):
                 else:
                     st.st_mode = attrs["st_mode"]
                 stat_arg = st
-            if filler(buf, name.encode(self.encoding, self.errors), stat_arg, 0, fill_flags) != 0:
+            if filler(buf, name.encode(self.encoding, self.errors), stat_arg, index + 1, fill_flags) != 0:
                 break
         return 0
 
