@@ -331,19 +331,30 @@ class ImapFS(fuse.Operations):
         return parent.folder, parts[-1]
 
     def _resolve(self, path: str) -> DirNode | MessageRef | NewFile | Alias:
+        # The hot path of every lookup, open and stat: one walk, and the
+        # write-side tables consulted only when they hold anything.
         parts = self._split(path)
-        node = self._dir(parts)
-        if node is not None:
-            return node
-        folder, name = self._parent_folder(path)
+        if not parts:
+            return self._root()
+        parent = self._dir(parts[:-1])
+        if parent is None:
+            raise NotFound(path)
+        name = parts[-1]
+        child = parent.children.get(name)
+        if child is not None:
+            return child
+        folder = parent.folder
+        if folder is None or not folder.selectable:
+            raise NotFound(path)
         key = (folder.name, name)
-        with self._state_lock:
-            new = self._new_files.get(key)
-            alias = self._aliases.get(key)
-        if new is not None:
-            return new
-        if alias is not None:
-            return alias
+        if self._new_files or self._aliases:
+            with self._state_lock:
+                new = self._new_files.get(key)
+                alias = self._aliases.get(key)
+            if new is not None:
+                return new
+            if alias is not None:
+                return alias
         listing, meta = self.store.message(folder.name, name)
         return MessageRef(folder, listing.uidvalidity, meta)
 

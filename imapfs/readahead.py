@@ -92,21 +92,24 @@ class ReadAhead:
             return [uid]
         with self._lock:
             state = self._scans.get(listing.folder)
-            sequential = state is not None and state.last_index == index - 1
-            if not sequential:
+            if state is None or state.last_index != index - 1:
                 self._scans[listing.folder] = ScanState(index)
                 return [uid]
             state.last_index = index
             state.window = min(max(FIRST_WINDOW, state.window * 2), MAX_WINDOW)
-            window = state.window
-        uids = self._window(listing, order, index, window)
-        with self._lock:
-            state.fetched_until = max(state.fetched_until, index + len(uids) - 1)
-        return uids or [uid]
+            uids, last = self._window(listing, order, index, state.window)
+            state.fetched_until = max(state.fetched_until, last)
+            if uid not in uids:
+                uids.insert(0, uid)
+            # The reader itself claims and fetches uids; keep the next
+            # windows coming in the background meanwhile.
+            background = self._schedule_ahead(listing, order, state, index, exclude=set(uids))
+        self._submit(listing, background)
+        return uids
 
     def note_hit(self, listing: Listing, uid: int) -> None:
-        """Called on a cache hit: keep the scan going, and fetch the next
-        window in the background once the reader is halfway through this one."""
+        """Called on a cache hit: keep the scan going, and keep the next
+        windows being fetched in the background ahead of the reader."""
         if not self.enabled:
             return
         order, position = listing.order()
@@ -118,23 +121,39 @@ class ReadAhead:
             if state is None or state.last_index != index - 1:
                 return
             state.last_index = index
-            if state.fetched_until - index > max(state.window // 2, 1) or state.fetched_until >= len(order) - 1:
-                return
-            start = state.fetched_until + 1
+            background = self._schedule_ahead(listing, order, state, index, exclude=set())
+        self._submit(listing, background)
+
+    def _schedule_ahead(self, listing: Listing, order: list[int], state: ScanState, index: int,
+                        exclude: set[int]) -> list[list[Hashable]]:
+        """Windows to fetch so that two windows beyond the reader are on their way
+        (caller holds _lock). They are claimed here, before any worker starts,
+        so a reader arriving first waits for that fetch instead of repeating it."""
+        batches: list[list[Hashable]] = []
+        while state.fetched_until < min(index + 2 * state.window, len(order) - 1):
             state.window = min(max(FIRST_WINDOW, state.window * 2), MAX_WINDOW)
-            uids = self._window(listing, order, start, state.window)
-            state.fetched_until = start + state.window - 1
-        # Claimed here, before the worker starts, so that a reader arriving
-        # first waits for this fetch instead of issuing its own.
-        keys = self.claim([(listing.folder, listing.uidvalidity, uid) for uid in uids])
-        if keys:
+            uids, last = self._window(listing, order, state.fetched_until + 1, state.window)
+            state.fetched_until = last
+            keys = [(listing.folder, listing.uidvalidity, u) for u in uids if u not in exclude]
+            claimed = [key for key in keys if key not in self._inflight]
+            for key in claimed:
+                self._inflight[key] = threading.Event()
+            if claimed:
+                batches.append(claimed)
+        return batches
+
+    def _submit(self, listing: Listing, batches: list[list[Hashable]]) -> None:
+        for keys in batches:
             self._executor.submit(self._background, listing.folder, listing.uidvalidity, keys)
 
-    def _window(self, listing: Listing, order: list[int], start: int, count: int) -> list[int]:
-        """Up to count small, uncached, not-in-flight UIDs from index start (caller holds _lock)."""
+    def _window(self, listing: Listing, order: list[int], start: int, count: int) -> tuple[list[int], int]:
+        """Up to count small, uncached, not-in-flight UIDs from index start, and
+        the last index looked at (caller holds _lock)."""
         uids: list[int] = []
         total = 0
-        for uid in order[start:start + count]:
+        last = start - 1
+        for offset, uid in enumerate(order[start:start + count]):
+            last = start + offset
             meta = listing.messages.get(uid)
             if meta is None or not self._small(meta.size):
                 continue
@@ -145,7 +164,7 @@ class ReadAhead:
             total += meta.size
             if total >= self._budget:
                 break
-        return uids
+        return uids, last
 
     def _background(self, folder: str, uidvalidity: int, keys: list[Hashable]) -> None:
         try:
