@@ -201,6 +201,15 @@ class ImapFS(fuse.Operations):
         self._forgetter: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        # The kernel's default ("auto") uses READDIRPLUS for a directory's
+        # first chunk only and plain READDIR after it, so a scan like grep -r
+        # costs one LOOKUP per message. Entries are cheap to give with their
+        # attributes here, so ask for READDIRPLUS always.
+        if conn is not None and fuse.fuse_version_major >= 3 and hasattr(conn, "want"):
+            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        self.init("/")
+
     def init(self, path: str) -> None:
         # Threads and sockets start here, after the process has daemonised.
         self.initialized = True
@@ -839,6 +848,7 @@ class ImapFS(fuse.Operations):
 
 
 FUSE_READDIR_PLUS = 1
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 FUSE_FILL_DIR_PLUS = 2
 
 
