@@ -64,7 +64,8 @@ class Options:
         """(name, default, help) for every option, for --help."""
         rows = []
         for f in dataclasses.fields(cls):
-            default = "off" if f.default is False else ("-" if f.default is None else str(f.default))
+            default = {False: "off", True: "on", None: "-"}.get(f.default, str(f.default)) \
+                if isinstance(f.default, (bool, type(None))) else str(f.default)
             rows.append((f.name, default, f.metadata["help"]))
         return rows
 
