@@ -687,7 +687,11 @@ class ImapFS(fuse.Operations):
             raise InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
         flags = rfc5322.flags_from_filename(new.name)
         when = rfc5322.internaldate_from_headers(data)
-        uid = self.store.append(new.folder.name, data, flags, when)
+        try:
+            uid = self.store.append(new.folder.name, data, flags, when)
+        except ImapFSError as exc:
+            log.warning("%s (%d bytes) was not appended to %r: %s", new.name, len(data), new.folder.name, exc)
+            raise
         uidvalidity = self.store.listing(new.folder.name).uidvalidity if uid is not None else None
         mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
         with self._state_lock:

@@ -215,3 +215,22 @@ def test_existing_messages_are_immutable(dovecot, imap, fresh_folder, mount):
     done = sh("mv", path, m.path / fresh_folder / "renamed.eml", check=False)
     assert done.returncode != 0 and "Operation not permitted" in done.stderr.decode()
     assert only_message(imap, fresh_folder)[1]["body"] == raw
+
+
+def test_refused_append_fails_the_tool_and_loses_nothing(dovecot, imap, fresh_folder, mount, tmp_path):
+    """The server refuses the APPEND (here: the folder was deleted by another
+    client after the mount listed it): cp and mv must fail, and mv must keep
+    its source."""
+    m = mount("folders_ttl=3600,poll_interval=3600")
+    target = m.path / fresh_folder
+    assert target.is_dir()
+    dovecot.delete_folder(fresh_folder)
+    source = tmp_path / "precious.eml"
+    raw = message("precious")
+    source.write_bytes(raw)
+    done = sh("cp", source, target, check=False)
+    assert done.returncode != 0 and b"failed to close" in done.stderr, done.stderr
+    done = sh("mv", source, target / "precious.eml", check=False)
+    assert done.returncode != 0, done.stderr
+    assert source.read_bytes() == raw
+    assert "was not appended" in m.log()  # the log says what happened
