@@ -256,6 +256,10 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
         kernel_options["allow_other"] = True
     kernel_options.setdefault("fsname", account.display)
     kernel_options.setdefault("subtype", "imapfs")
+    if fuse_major_version() >= 3:
+        # libfuse 3.14 warns "Ignoring invalid max threads value 4294967295"
+        # when this is left unset (libfuse issue #1003).
+        kernel_options.setdefault("max_idle_threads", 10)
     try:
         ImapFUSE(operations, mountpoint, raw_fi=True, foreground=True, debug=fuse_debug,
                      attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout,
@@ -276,6 +280,12 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
         pool.close()
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+def fuse_major_version() -> int:
+    import mfusepy
+
+    return int(mfusepy.fuse_version_major)
 
 
 def redirect_stdio_to_devnull() -> None:

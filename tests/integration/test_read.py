@@ -234,6 +234,8 @@ def test_fusermount_unmount_ends_the_process(dovecot, mount):
     assert m.unmount() == 0
     time.sleep(0.1)
     assert not is_mounted(m.path)
+    # Nothing but imapfs's own lines: no library noise on a user's terminal.
+    assert all(line.startswith("imapfs: ") for line in m.log().splitlines() if line), m.log()
 
 
 def test_help_lists_every_option():
