@@ -243,3 +243,28 @@ def test_help_lists_every_option():
     for name in ("ro", "ca_file", "password_command", "insecure_plaintext", "connections", "debug", "allow_other",
                  "body_cache_mb"):
         assert f"-o {name}" in done.stdout
+
+
+def test_fstab_style_mount_through_mount_fuse3(dovecot, fresh_folder, tmp_path):
+    """What mount(8) does for an /etc/fstab line of type fuse.imapfs: run
+    mount.fuse3, which starts `imapfs URL MOUNTPOINT -o OPTIONS` with the
+    options after the positionals and fstab-only options mixed in."""
+    dovecot.append(fresh_folder, message("from fstab"))
+    mountpoint = tmp_path / "fstab-mnt"
+    mountpoint.mkdir()
+    env = dict(os.environ, IMAPFS_PASSWORD=dovecot.password,
+               PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    options = f"ca_file={dovecot.ca_file},nosuid,nodev,noatime,_netdev,rw,log_file={tmp_path / 'fstab.log'}"
+    done = subprocess.run(["mount.fuse3", f"imapfs#{dovecot.url}", str(mountpoint), "-o", options],
+                          env=env, capture_output=True, text=True, timeout=60)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert is_mounted(mountpoint)
+        assert [p.read_bytes() for p in eml_files(mountpoint / fresh_folder)] == [message("from fstab")]
+        mountinfo = open("/proc/self/mountinfo").read()
+        line = next(line for line in mountinfo.splitlines() if str(mountpoint) in line)
+        assert "fuse.imapfs" in line and "nosuid" in line and dovecot.url in line
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
+    assert not is_mounted(mountpoint)
