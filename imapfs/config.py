@@ -36,7 +36,8 @@ class Options:
     ca_file: str | None = _opt(None, "PEM file of CA certificates to trust instead of the system store")
     password_command: str | None = _opt(None, "shell command whose first output line is the password")
     insecure_plaintext: bool = _opt(False, "allow imap:// without STARTTLS (password sent in clear)")
-    connections: int = _opt(4, "maximum IMAP connections used for file operations", minimum=1)
+    connections: int = _opt(4, "maximum IMAP connections for file operations (plus one that watches with IDLE)",
+                            minimum=1)
     debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords are never logged)")
     allow_other: bool = _opt(False, "let other users access the mount (needs user_allow_other)")
     log_file: str | None = _opt(None, "write the log here (default: stderr in -f, syslog otherwise)")
