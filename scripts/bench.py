@@ -18,6 +18,26 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
 6. ``head -c 4096`` of a 50 MB message (fresh mount, folder listed first) / its full raw fetch;
 7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio).
 
+Rows 3f and 5f are the floor under rows 3 and 5: the same cold and warm ``grep -rl``
+over a trivial in-memory filesystem (FloorFS) that serves the very same 2,000 files
+(names, sizes, mode 0444, times) from a dict, through the same stack imapfs
+stands on: kernel FUSE -> libfuse 3 -> mfusepy's ctypes callbacks -> Python,
+multithreaded, keep_cache on open, 30 s attribute and entry timeouts, READDIRPLUS
+with attributes (so the kernel sends it exactly the OPEN/READ/RELEASE per file
+it sends imapfs, and no LOOKUP or GETATTR per file). No Python filesystem on
+this stack that is sent the same requests can answer them faster, so:
+
+- imapfs - floor is what imapfs itself costs (IMAP, caches, locks, its own
+  bookkeeping): the part that work on imapfs can shrink;
+- the floor itself is the kernel -> libfuse -> ctypes -> Python round trip per
+  open/read/release (and the GIL the worker threads share): the part that no
+  change to imapfs can remove, only a different stack (a C or Rust filesystem,
+  FUSE passthrough). Where 3f's or 5f's own ratio is above the target of row 3
+  or 5, no Python filesystem on this stack can meet that target.
+
+They are diagnostic rows (no target, no limit), against the same baselines as
+rows 3 and 5; the notes give imapfs / floor for both.
+
 "Cold" means a fresh mount (imapfs caches empty) and, where the kernel lets us,
 a dropped page cache before the timed step, for the baseline as well as for
 imapfs so neither side gets warmer server files than the other. The server
@@ -38,28 +58,35 @@ import base64
 import concurrent.futures
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
+import pickle
 import platform
 import random
 import shlex
 import shutil
 import signal
+import stat
 import statistics
+import string
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from ctypes.util import find_library
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import imapclient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from imapfs.names import uid_from_filename  # noqa: E402
 from tests.support.dovecot import Dovecot, stop_dir  # noqa: E402
 
 #: Grep needle; the filler text is lower-case words, so it can only occur where it is put on purpose.
@@ -74,6 +101,9 @@ FLOOR_BODY_BATCH = 100
 SEED_CONNECTIONS = 4
 SEED_BATCH = 250
 MOUNT_TIMEOUT = 60.0
+#: The trivial floor filesystem's kernel caching, as imapfs's defaults (attr_timeout, entry_timeout).
+FLOOR_ATTR_TIMEOUT = 30.0
+FLOOR_ENTRY_TIMEOUT = 30.0
 SEED_MARKER = "bench-seed.json"
 #: The exact metadata a listing needs (ARCHITECTURE.md: a listing never downloads bodies).
 META_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"]
@@ -305,6 +335,15 @@ def vm_rss_mb(pid: int) -> float:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def libfuse_mapped(pid: int) -> str:
+    """The libfuse a process has loaded, e.g. libfuse3.so.3.14.0: proof of what it runs on, not what it asked for."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        name = line.rsplit("/", 1)[-1]
+        if "/" in line and name.startswith("libfuse"):
+            return name
+    return "none"
+
+
 def is_mounted(mountpoint: Path) -> bool:
     """From mountinfo, not stat: a stat of a hung FUSE mount would block."""
     target = str(mountpoint).replace(" ", "\\040")
@@ -323,6 +362,8 @@ class Mount:
     """
 
     active: list[Mount] = []
+    #: Who is mounted, for error messages.
+    name = "imapfs"
 
     def __init__(self, server: Dovecot, workdir: Path, label: str, extra_options: str) -> None:
         self.server = server
@@ -334,10 +375,14 @@ class Mount:
         self.argv = [sys.executable, "-m", "imapfs", "-f", "-o", options, server.url, str(self.mountpoint)]
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def environment(self) -> dict[str, str]:
+        """The process's environment: ours, the password, and the repo on the import path."""
+        return {**os.environ, "IMAPFS_PASSWORD": self.server.password,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
     def __enter__(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "IMAPFS_PASSWORD": self.server.password,
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = self.environment()
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log_file, stderr=subprocess.STDOUT)
@@ -346,9 +391,10 @@ class Mount:
             deadline = time.monotonic() + MOUNT_TIMEOUT
             while not is_mounted(self.mountpoint):
                 if self.proc.poll() is not None:
-                    raise BenchError(f"imapfs exited with {self.proc.returncode} before mounting:\n{self.log_tail()}")
+                    raise BenchError(f"{self.name} exited with {self.proc.returncode} before mounting:\n"
+                                     f"{self.log_tail()}")
                 if time.monotonic() > deadline:
-                    raise BenchError(f"imapfs did not mount within {MOUNT_TIMEOUT:.0f} s:\n{self.log_tail()}")
+                    raise BenchError(f"{self.name} did not mount within {MOUNT_TIMEOUT:.0f} s:\n{self.log_tail()}")
                 time.sleep(0.02)
         except BaseException:
             self.unmount()
@@ -385,6 +431,30 @@ class Mount:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return "(no log)"
+
+
+class FloorMount(Mount):
+    """The trivial in-memory FloorFS (serve_floor_fs) in a process of its own, mounted and unmounted like imapfs.
+
+    Same interpreter, same environment as an imapfs mount (minus the password),
+    and the libfuse that imapfs would pick for itself (cli.prefer_libfuse3).
+    """
+
+    name = "the trivial floor FS"
+
+    def __init__(self, data: Path, workdir: Path, label: str) -> None:
+        self.mountpoint = workdir / f"mnt-{label}"
+        self.log_path = workdir / f"floorfs-{label}.log"
+        self.argv = [sys.executable, str(Path(__file__).resolve()), "--serve-floor-fs", str(data),
+                     str(self.mountpoint)]
+        self.proc = None
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        if "FUSE_LIBRARY_NAME" not in env and find_library("fuse3"):
+            env["FUSE_LIBRARY_NAME"] = "fuse3"
+        return env
 
 
 def unmount_all() -> None:
@@ -472,6 +542,179 @@ def mbsync_then_grep(rc: Path, maildir: Path) -> tuple[float, int]:
     return sync_time + grep_time, count_lines(out)
 
 
+# ------------------------------------------------------------------------- the floor of a Python FUSE filesystem
+
+
+#: libfuse 3 (fuse_common.h, fuse.h): readdir's flag for a READDIRPLUS request, the filler's flag for an
+#: entry that carries its attributes, and the capability that makes the kernel send READDIRPLUS only sometimes.
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+
+
+class FloorFS:
+    """A read-only filesystem of one folder held in dicts: the least any mfusepy filesystem can do per call.
+
+    Each call is a dict lookup or two (read: and one slice), so its time is
+    the FUSE round trip alone: kernel -> /dev/fuse -> a libfuse worker thread
+    -> mfusepy's ctypes callback -> Python, and back. Only getattr, readdir,
+    open, read and release are defined, so libfuse answers everything else
+    itself. It asks the kernel for what imapfs asks for, so the kernel does no
+    more and no less work per file than for imapfs:
+
+    - open: keep_cache (pages survive across opens) and noflush (no FLUSH at
+      close), as imapfs does for a message whose size it knows;
+    - READDIRPLUS always, entries with their attributes (serve_floor_fs's
+      FloorFUSE), as imapfs does. Without it the kernel LOOKUPs every file on
+      a cold grep and, because a READ marks atime stale, GETATTRs every file
+      on the next one: 2,000 round trips each that imapfs does not make, which
+      put this "floor" above imapfs's own warm grep.
+    """
+
+    use_ns = True  # st_*time in nanoseconds, as imapfs gives them
+
+    def __init__(self, folder: str, files: Sequence[tuple[str, dict[str, int], bytes]]) -> None:
+        uid, gid, now = os.getuid(), os.getgid(), time.time_ns()
+        directory = {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_uid": uid, "st_gid": gid, "st_size": 0,
+                     "st_mtime": now, "st_ctime": now, "st_atime": now}
+        self.attrs: dict[str, dict[str, int]] = {"/": {**directory, "st_nlink": 3}, f"/{folder}": directory}
+        self.bodies: dict[str, bytes] = {}
+        for name, attrs, body in files:
+            self.attrs[f"/{folder}/{name}"] = {**attrs, "st_uid": uid, "st_gid": gid}
+            self.bodies[f"/{folder}/{name}"] = body
+        #: Per directory, its entries in order with their attributes (None for . and ..: libfuse fills those).
+        self.listings: dict[str, list[tuple[str, dict[str, int] | None]]] = {
+            "/": [(".", None), ("..", None), (folder, self.attrs[f"/{folder}"])],
+            f"/{folder}": [(".", None), ("..", None),
+                           *((name, self.attrs[f"/{folder}/{name}"]) for name, _, _ in files)],
+        }
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        try:
+            return self.attrs[path]
+        except KeyError:
+            raise OSError(errno.ENOENT, path) from None
+
+    def listing(self, path: str) -> list[tuple[str, dict[str, int] | None]]:
+        try:
+            return self.listings[path]
+        except KeyError:
+            raise OSError(errno.ENOTDIR, path) from None
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        """Names only: libfuse 2's readdir (FloorFUSE answers libfuse 3's itself, with attributes)."""
+        return [name for name, _ in self.listing(path)]
+
+    def open(self, path: str, fi: Any) -> int:
+        if path not in self.bodies:
+            raise OSError(errno.EISDIR if path in self.listings else errno.ENOENT, path)
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise OSError(errno.EACCES, path)
+        fi.keep_cache = 1
+        if hasattr(fi, "noflush"):
+            fi.noflush = 1
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        return self.bodies[path][offset:offset + size]
+
+    def release(self, path: str, fi: Any) -> int:
+        return 0
+
+
+def serve_floor_fs(data: Path, mountpoint: Path) -> int:
+    """Entry point of the floor process (``bench.py --serve-floor-fs DATA MOUNTPOINT``): mount FloorFS, serve.
+
+    DATA is the pickle write_floor_data() made. Like imapfs: foreground,
+    multithreaded (mfusepy's default), raw fuse_file_info, 30 s attribute and
+    entry timeouts, READDIRPLUS always and answered with attributes (imapfs's
+    ImapFUSE; mfusepy's own readdir passes only the mode). mfusepy is imported
+    here, not at the top, because FUSE_LIBRARY_NAME must be set before it loads libfuse.
+    """
+    import ctypes
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import mfusepy
+
+    class FloorFUSE(mfusepy.FUSE):
+        """mfusepy's FUSE, asking for READDIRPLUS always and filling it with attributes, as imapfs does."""
+
+        operations: FloorFS
+
+        def init_fuse_3(self, conn: Any, config: Any) -> None:
+            if conn:
+                conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+            super().init_fuse_3(conn, config)
+
+        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
+                           flags: int) -> int:
+            # Offsets (index + 1): libfuse 3 passes READDIRPLUS attributes on only in its offset mode.
+            try:
+                entries = self.operations.listing("/" if path is None else path.decode(self.encoding, self.errors))
+            except OSError as exc:
+                return -(exc.errno or errno.EIO)
+            plus = bool(flags & FUSE_READDIR_PLUS)
+            st = mfusepy.c_stat()
+            for index in range(offset, len(entries)):
+                name, attrs = entries[index]
+                fill_flags, stat_arg = 0, None
+                if attrs is not None:
+                    ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                    if plus:
+                        mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                        fill_flags = FUSE_FILL_DIR_PLUS
+                    else:
+                        st.st_mode = attrs["st_mode"]
+                    stat_arg = st
+                if filler(buf, name.encode(self.encoding, self.errors), stat_arg, index + 1, fill_flags) != 0:
+                    break
+            return 0
+
+    with open(data, "rb") as handle:
+        folder, files = pickle.load(handle)
+    operations = FloorFS(folder, files)
+    print(f"floorfs: libfuse {mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}, {len(files)} files "
+          f"in /{folder}", file=sys.stderr, flush=True)
+    loop_options: dict[str, int] = {}
+    if mfusepy.fuse_version_major >= 3:
+        # As imapfs.cli sets it: libfuse 3.14 warns about max threads when it is unset (libfuse issue #1003).
+        loop_options["max_idle_threads"] = 10
+    try:
+        FloorFUSE(operations, str(mountpoint), raw_fi=True, foreground=True, attr_timeout=FLOOR_ATTR_TIMEOUT,
+                  entry_timeout=FLOOR_ENTRY_TIMEOUT, fsname="floorfs", subtype="floorfs", **loop_options)
+    except RuntimeError as exc:
+        # libfuse 3 reports the signal that ended a working mount as an error code (as in imapfs.cli).
+        print(f"floorfs: unmounted ({exc})", file=sys.stderr, flush=True)
+    return 0
+
+
+def write_floor_data(folder_path: Path, bodies: dict[int, bytes], path: Path) -> int:
+    """Pickle, for FloorFS, the files of an imapfs folder: its names and attributes, with the bodies fetched raw.
+
+    The names come from the imapfs mount itself (no second copy of its naming
+    rules), the bytes from imapclient. Checks that they describe the same
+    messages: one file per body, each file's size that body's length, mode 0444.
+    Returns how many files were written.
+    """
+    files: list[tuple[str, dict[str, int], bytes]] = []
+    for entry in sorted(os.scandir(folder_path), key=lambda e: e.name):
+        uid = uid_from_filename(entry.name)
+        if uid is None or uid not in bodies:
+            raise BenchError(f"WRONG RESULT: {entry.name} in {folder_path} names no fetched message")
+        st = entry.stat()
+        expect(f"mode of {entry.name}", stat.S_IMODE(st.st_mode), 0o444)
+        expect(f"size of {entry.name} == its raw length", st.st_size, len(bodies[uid]))
+        attrs = {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": st.st_size, "st_blocks": st.st_blocks,
+                 "st_blksize": st.st_blksize, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
+                 "st_atime": st.st_atime_ns}
+        files.append((entry.name, attrs, bodies[uid]))
+    expect(f"files in {folder_path} == messages fetched", len(files), len(bodies))
+    with open(path, "wb") as handle:
+        pickle.dump((folder_path.name, files), handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(files)
+
+
 # ------------------------------------------------------------------------- results
 
 
@@ -488,6 +731,7 @@ class Row:
     subject_times: list[float] = field(default_factory=list)
     baseline_times: list[float] = field(default_factory=list)
     unit: str = "ratio"  # or "MB": then subject_times hold megabytes and there is no baseline
+    measured: str = "imapfs"  # what subject_times time, in the per-run list
 
     @property
     def value(self) -> float:
@@ -504,6 +748,15 @@ class Row:
         if self.value <= self.limit:
             return "within limit, misses target"
         return "**FAILS limit**"
+
+
+def floor_note(kind: str, subject: Row, floor: Row) -> str:
+    """imapfs / floor for one grep: how many times the unavoidable FUSE cost imapfs takes, and its own share."""
+    imapfs_s, floor_s = median(subject.subject_times), median(floor.subject_times)
+    return (f"imapfs / floor, {kind} grep -rl (row {subject.number} / {floor.number}): "
+            f"{fmt_seconds(subject.subject_times)} / {fmt_seconds(floor.subject_times)} = {imapfs_s / floor_s:.2f}; "
+            f"imapfs's own cost above the floor {(imapfs_s - floor_s) * 1000:.0f} ms "
+            f"({(imapfs_s - floor_s) / imapfs_s:.0%} of its time)")
 
 
 def fmt_seconds(values: Sequence[float]) -> str:
@@ -541,7 +794,8 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
         if row.unit == "MB":
             lines.append(f"- {row.number}: RSS per mount: {', '.join(f'{v:.1f} MB' for v in row.subject_times)}")
         else:
-            lines.append(f"- {row.number}: imapfs {_ms(row.subject_times)}; baseline {_ms(row.baseline_times)}")
+            lines.append(f"- {row.number}: {row.measured} {_ms(row.subject_times)}; "
+                         f"baseline {_ms(row.baseline_times)}")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -565,10 +819,17 @@ class Bench:
         self.mount_options = mount_options
         self.mounts = 0
         self.log_paths: list[Path] = []
+        self.notes: list[str] = []  # what a step found worth saying under the table
 
     def mount(self, label: str) -> Mount:
         self.mounts += 1
         mount = Mount(self.server, self.workdir, f"{self.mounts:02d}-{label}", self.mount_options)
+        self.log_paths.append(mount.log_path)
+        return mount
+
+    def floor_mount(self, data: Path) -> FloorMount:
+        self.mounts += 1
+        mount = FloorMount(data, self.workdir, f"{self.mounts:02d}-floor")
         self.log_paths.append(mount.log_path)
         return mount
 
@@ -627,12 +888,23 @@ class Bench:
         return [cold, readdir_only, warm, rss]
 
     def grep(self) -> list[Row]:
-        """Rows 3, 4 and 5: grep -rl through imapfs against raw fetching, mbsync, and a local copy."""
+        """Rows 3, 4 and 5: grep -rl through imapfs against raw fetching, mbsync, and a local copy.
+
+        Rows 3f and 5f: the same greps over FloorFS serving the same files, the
+        floor of any Python FUSE filesystem here (see the module docstring),
+        timed in the same loop right after each imapfs mount so both see the
+        same machine. The bytes are the ones the baseline fetched, the names
+        and attributes the ones the first imapfs mount showed.
+        """
         n, matches = self.scale.grep_count, self.scale.grep_matches
         cold = Row("3", f"cold `grep -rl` over {n:,} messages", "fresh mount",
                    f"1 conn, BODY.PEEK[] x{FLOOR_BODY_BATCH}", 1.2, 2)
         vs_mbsync = Row("4", "cold `grep -rl` vs mbsync + grep", "fresh mount", "mbsync + grep", 0.7, 1)
         warm = Row("5", "warm `grep -rl`", "same mount", "grep on local copy", 2, 4)
+        cold_floor = Row("3f", "cold `grep -rl` over a trivial in-memory mfusepy FS (floor)", "fresh trivial mount",
+                         cold.baseline, None, None, measured="trivial FS")
+        warm_floor = Row("5f", "warm `grep -rl` over the trivial FS (floor)", "same trivial mount", warm.baseline,
+                         None, None, measured="trivial FS")
 
         _, bodies = floor_bodies(self.server, GREP_FOLDER)  # warm the server, untimed
         for _ in range(self.repeat):
@@ -642,17 +914,37 @@ class Bench:
             expect("bodies containing the token", sum(TOKEN.encode() in b for b in bodies.values()), matches)
             cold.baseline_times.append(elapsed)
 
-        for _ in range(self.repeat):
+        floor_data = self.workdir / "floorfs-data.pickle"
+        imapfs_libfuse = floor_libfuse = ""
+        for run in range(self.repeat):
             with self.mount("grep") as mount:
                 folder = mount.mountpoint / GREP_FOLDER
                 drop_caches()
                 elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
                 expect("cold grep -rl: files with the token", count_lines(out), matches)
                 cold.subject_times.append(elapsed)
+                imapfs_hits = sorted(Path(line).name for line in out.decode().splitlines())
                 elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
                 expect("warm grep -rl: files with the token", count_lines(out), matches)
                 warm.subject_times.append(elapsed)
+                if run == 0:
+                    imapfs_libfuse = libfuse_mapped(mount.pid)
+                    expect("files handed to the floor FS", write_floor_data(folder, bodies, floor_data), n)
+            with self.floor_mount(floor_data) as floor:
+                folder = floor.mountpoint / GREP_FOLDER
+                drop_caches()
+                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
+                expect("cold grep -rl over the floor FS: files with the token", count_lines(out), matches)
+                expect("cold grep -rl: the floor FS finds the files imapfs found",
+                       sorted(Path(line).name for line in out.decode().splitlines()), imapfs_hits)
+                cold_floor.subject_times.append(elapsed)
+                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
+                expect("warm grep -rl over the floor FS: files with the token", count_lines(out), matches)
+                warm_floor.subject_times.append(elapsed)
+                floor_libfuse = libfuse_mapped(floor.pid)
+        expect("libfuse of the floor FS == libfuse of imapfs", floor_libfuse, imapfs_libfuse)
         vs_mbsync.subject_times = list(cold.subject_times)
+        cold_floor.baseline_times = cold.baseline_times
 
         sync_dir = self.workdir / "mbsync"
         sync_dir.mkdir(exist_ok=True)
@@ -673,7 +965,12 @@ class Bench:
             elapsed, out = run_tool(["grep", "-rl", TOKEN, local])
             expect("local grep -rl: files with the token", count_lines(out), matches)
             warm.baseline_times.append(elapsed)
-        return [cold, vs_mbsync, warm]
+        warm_floor.baseline_times = warm.baseline_times
+        self.notes += [floor_note("cold", cold, cold_floor), floor_note("warm", warm, warm_floor),
+                       f"floor FS: {n:,} files (same names, sizes, mode 0444) served from memory by mfusepy on "
+                       f"{floor_libfuse}, as imapfs; multithreaded, keep_cache + noflush, READDIRPLUS with attributes, "
+                       f"attr/entry timeout {FLOOR_ATTR_TIMEOUT:g}/{FLOOR_ENTRY_TIMEOUT:g} s"]
+        return [cold, cold_floor, vs_mbsync, warm, warm_floor]
 
     def big(self) -> list[Row]:
         """Row 6: the first 4 KiB of a huge message must not cost the whole message."""
@@ -713,7 +1010,7 @@ class Bench:
             with contextlib.suppress(FileNotFoundError):
                 for line in path.read_text(errors="replace").splitlines():
                     if any(level in line for level in ("WARNING", "ERROR", "Traceback", "CRITICAL")):
-                        notes.append(f"imapfs log {path.name}: {line.strip()[:300]}")
+                        notes.append(f"log {path.name}: {line.strip()[:300]}")
         if len(notes) > 20:
             notes = notes[:20] + [f"... and {len(notes) - 20} more log lines above INFO"]
         return notes
@@ -751,6 +1048,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mount-options", default="",
                         help="extra imapfs -o options for every mount, e.g. connections=8,body_cache_mb=512")
     parser.add_argument("--strict", action="store_true", help="exit 3 if any measure fails its limit")
+    # Internal: the floor filesystem's own process (FloorMount starts it).
+    parser.add_argument("--serve-floor-fs", nargs=2, type=Path, metavar=("DATA", "MOUNTPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -777,6 +1076,8 @@ def dovecot_server(keep: Path | None) -> Iterator[Dovecot]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve_floor_fs:
+        return serve_floor_fs(*args.serve_floor_fs)
     if os.geteuid() != 0:
         log_line("needs root (the test Dovecot's master switches users)")
         return 2
@@ -803,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
             for step in (bench.listing, bench.grep, bench.big):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
                 rows += step()
-            notes = bench.log_notes()
+            notes = bench.notes + bench.log_notes()
         succeeded = True
     except BenchError as exc:
         log_line(f"FAILED: {exc}")
@@ -817,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
         if own_workdir and succeeded:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    rows.sort(key=lambda row: (int(row.number.rstrip("ab")), row.number))
+    rows.sort(key=lambda row: (int(row.number.rstrip(string.ascii_letters)), row.number))
     meta = {
         "command": command,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
