@@ -547,8 +547,6 @@ def mbsync_then_grep(rc: Path, maildir: Path) -> tuple[float, int]:
 
 #: libfuse 3 (fuse_common.h, fuse.h): readdir's flag for a READDIRPLUS request, the filler's flag for an
 #: entry that carries its attributes, and the capability that makes the kernel send READDIRPLUS only sometimes.
-FUSE_READDIR_PLUS = 1
-FUSE_FILL_DIR_PLUS = 2
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 
 
@@ -605,6 +603,10 @@ class FloorFS:
         """Names only: libfuse 2's readdir (FloorFUSE answers libfuse 3's itself, with attributes)."""
         return [name for name, _ in self.listing(path)]
 
+    def dir_snapshot(self, path: str, fh: int, offset: int, plus: bool) -> list[tuple[str, dict[str, int] | None]]:
+        """What ImapFUSE.readdir_fuse_3 asks for: the entries with their attributes."""
+        return self.listing(path)
+
     def open(self, path: str, fi: Any) -> int:
         if path not in self.bodies:
             raise OSError(errno.EISDIR if path in self.listings else errno.ENOENT, path)
@@ -631,14 +633,16 @@ def serve_floor_fs(data: Path, mountpoint: Path) -> int:
     ImapFUSE; mfusepy's own readdir passes only the mode). mfusepy is imported
     here, not at the top, because FUSE_LIBRARY_NAME must be set before it loads libfuse.
     """
-    import ctypes
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import mfusepy
 
-    class FloorFUSE(mfusepy.FUSE):
-        """mfusepy's FUSE, asking for READDIRPLUS always and filling it with attributes, as imapfs does."""
+    from imapfs.fs import ImapFUSE  # after mfusepy: it shares the libfuse that was just loaded
+
+    class FloorFUSE(ImapFUSE):
+        """imapfs's own FUSE subclass (READDIRPLUS answered with attributes), asked
+        for READDIRPLUS always, as ImapFS.init_with_config does."""
 
         operations: FloorFS
 
@@ -646,30 +650,6 @@ def serve_floor_fs(data: Path, mountpoint: Path) -> int:
             if conn:
                 conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO
             super().init_fuse_3(conn, config)
-
-        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
-                           flags: int) -> int:
-            # Offsets (index + 1): libfuse 3 passes READDIRPLUS attributes on only in its offset mode.
-            try:
-                entries = self.operations.listing("/" if path is None else path.decode(self.encoding, self.errors))
-            except OSError as exc:
-                return -(exc.errno or errno.EIO)
-            plus = bool(flags & FUSE_READDIR_PLUS)
-            st = mfusepy.c_stat()
-            for index in range(offset, len(entries)):
-                name, attrs = entries[index]
-                fill_flags, stat_arg = 0, None
-                if attrs is not None:
-                    ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-                    if plus:
-                        mfusepy.set_st_attrs(st, attrs, use_ns=True)
-                        fill_flags = FUSE_FILL_DIR_PLUS
-                    else:
-                        st.st_mode = attrs["st_mode"]
-                    stat_arg = st
-                if filler(buf, name.encode(self.encoding, self.errors), stat_arg, index + 1, fill_flags) != 0:
-                    break
-            return 0
 
     with open(data, "rb") as handle:
         folder, files = pickle.load(handle)

@@ -120,15 +120,25 @@ MountFactory = Callable[..., Union[Mount, FailedMount]]
 # ---------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
-    """One Dovecot for the whole session (starting one takes about a second)."""
+def _running_dovecot() -> Iterator[Dovecot]:
     server = Dovecot()
     server.start()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """One Dovecot for the whole session (starting one takes about a second)."""
+    yield from _running_dovecot()
+
+
+@pytest.fixture
+def own_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot of the test's own, to stop, restart and kick without disturbing others."""
+    yield from _running_dovecot()
 
 
 @pytest.fixture

@@ -15,20 +15,8 @@ import uuid
 import pytest
 
 from tests.integration.helpers import eml_files, message, sh, wait_for
-from tests.support.dovecot import Dovecot
 
 WHEN = dt.datetime(2024, 3, 5, 14, 32, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture
-def own_dovecot():
-    """A Dovecot of the test's own, to stop and restart without disturbing others."""
-    server = Dovecot()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def names_in(path):
@@ -105,7 +93,7 @@ def test_recreated_folder_never_serves_the_old_bytes(dovecot, fresh_folder, moun
         assert sh("cat", path).stdout == new
 
 
-def append_many(server: Dovecot, folder: str, count: int, token_every: int) -> int:
+def append_many(server, folder: str, count: int, token_every: int) -> int:
     """Append over one connection (fast); returns how many carry the token."""
     client = server.client()
     try:
