@@ -241,6 +241,7 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     watcher: Watcher | None = None
 
     def start() -> None:
+        pool.warm_up(2)
         watcher.start()
         report_ready()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import imaplib
 import logging
 import socket
@@ -47,8 +48,13 @@ T = TypeVar("T")
 IDLE_CHECK_AFTER = 20.0
 
 
+@functools.lru_cache(maxsize=4)
 def make_ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """A verifying context: the system store, or only ca_file when given."""
+    """A verifying context: the system store, or only ca_file when given.
+
+    Made once and shared by every connection: loading the CA store costs
+    about as much as a TLS handshake on loopback.
+    """
     context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
@@ -501,6 +507,19 @@ class ConnectionPool:
                 log.info("IMAP connection failed (%s); retry %d in %.1f s", exc, attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)
+
+    def warm_up(self, count: int) -> None:
+        """Open up to count connections in the background, so the first
+        listing and the first read-ahead do not each wait for TLS and login."""
+        def connect_one() -> None:
+            try:
+                with self.session():
+                    pass
+            except ImapFSError as exc:
+                log.debug("warm-up connection failed: %s", exc)
+
+        for _ in range(min(count, self._options.connections)):
+            threading.Thread(target=connect_one, name="imapfs-warm-up", daemon=True).start()
 
     def close(self) -> None:
         with self._lock:
