@@ -246,8 +246,8 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
         report_ready()
 
     operations = ImapFS(store, read_only=options.ro, on_init=start, on_destroy=lambda: watcher.stop())
-    watcher = Watcher(account, password, options, pool, listings=store.listings.snapshot,
-                      folders=lambda: (store.listings.folders() or (0.0, None))[1],
+    watcher = Watcher(account, password, options, pool, listings=store.cached_listings,
+                      folders=store.cached_folders,
                       folder_changed=operations.folder_changed, folders_changed=operations.folders_changed)
     store.on_folder_used = watcher.folder_used
     kernel_options = dict(fuse_options)

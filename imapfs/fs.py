@@ -263,8 +263,8 @@ class ImapFS(fuse.Operations):
         """Another client changed `folder`: resync it now and make the kernel
         forget what it cached of messages that went away, or of every
         message when the folder was recreated (UIDVALIDITY changed)."""
-        old = self.store.listings.get(folder)
-        self.store.listings.mark_stale(folder)
+        old = self.store.cached_listing(folder)
+        self.store.changed_elsewhere(folder)
         try:
             new = self.store.listing(folder)
         except NotFound:
@@ -282,9 +282,8 @@ class ImapFS(fuse.Operations):
 
     def folders_changed(self) -> None:
         """Folders were created, deleted or renamed elsewhere."""
-        cached = self.store.listings.folders()
-        old_names = {f.name: f for f in cached[1]} if cached else {}
-        self.store.listings.invalidate_folders()
+        old_names = {f.name: f for f in self.store.cached_folders() or []}
+        self.store.folders_changed_elsewhere()
         try:
             new_names = {f.name for f in self.store.folders()}
         except ImapFSError:
@@ -292,7 +291,7 @@ class ImapFS(fuse.Operations):
         paths = ["/"]
         for name, folder in old_names.items():
             if name not in new_names:
-                self.store.listings.invalidate(name)
+                self.store.invalidate(name)
                 parts = names.folder_to_parts(name, folder.delimiter)
                 paths.append("/" + "/".join(parts))
                 if len(parts) > 1:

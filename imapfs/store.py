@@ -239,6 +239,26 @@ class MailStore:
     def invalidate(self, folder: str) -> None:
         self.listings.invalidate(folder)
 
+    # --- what the watcher and the FUSE layer ask of the caches ------------
+    def cached_listing(self, folder: str) -> Listing | None:
+        """The listing as last synchronised, without asking the server."""
+        return self.listings.get(folder)
+
+    def cached_listings(self) -> list[Listing]:
+        """Every folder listed since mount (within the header cache's bound)."""
+        return self.listings.snapshot()
+
+    def cached_folders(self) -> list[Folder] | None:
+        cached = self.listings.folders()
+        return cached[1] if cached else None
+
+    def changed_elsewhere(self, folder: str) -> None:
+        """Another client changed folder: the next listing resynchronises."""
+        self.listings.mark_stale(folder)
+
+    def folders_changed_elsewhere(self) -> None:
+        self.listings.invalidate_folders()
+
     # --- bodies ----------------------------------------------------------
     def read(self, folder: str, uidvalidity: int, meta: MessageMeta, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of a message, exactly as the server has them.

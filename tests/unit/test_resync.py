@@ -22,7 +22,7 @@ def setup(capabilities, count=300):
 
 
 def resync(store):
-    store.listings.mark_stale("INBOX")
+    store.changed_elsewhere("INBOX")
     return store.listing("INBOX")
 
 
