@@ -24,6 +24,8 @@ NO_SUBJECT = "no-subject"
 EML_SUFFIX = ".eml"
 
 _SAFE_PUNCTUATION = frozenset("-_.,+")
+_ASCII_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.,+-]+")
+_DASHES_RE = re.compile(r"-{2,}")
 _UID_RE = re.compile(r"_(\d{1,10})\.eml\Z")
 _ENCODED_WORD_RE = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS_RE = re.compile(rb"(\?=)[ \t\r\n]+(=\?)")
@@ -87,6 +89,11 @@ def slugify(subject: str) -> str:
     Letters and digits of every script are kept (and combining marks, which
     some scripts need); whitespace and every other character become '-'.
     """
+    if subject.isascii():
+        # The common case, without a loop over characters: a listing of
+        # 10,000 messages slugs 10,000 subjects.
+        slug = _DASHES_RE.sub("-", _ASCII_UNSAFE_RE.sub("-", subject)).strip("-.")[:MAX_SLUG_CHARS].strip("-.")
+        return slug or NO_SUBJECT
     text = unicodedata.normalize("NFC", subject)
     out: list[str] = []
     for ch in text:
@@ -125,6 +132,8 @@ def decode_header_text(raw: bytes) -> str:
     knows, and raw 8-bit bytes (UTF-8 if they are valid UTF-8, else
     Windows-1252). Never raises: undecodable bytes become U+FFFD.
     """
+    if b"=?" not in raw and raw.isascii():
+        return " ".join(raw.decode("ascii").split())
     raw = _BETWEEN_WORDS_RE.sub(rb"\1\2", raw)
     pieces: list[str] = []
     pos = 0
