@@ -275,9 +275,9 @@ class ImapFS(fuse.Operations):
         gone: list[str] = []
         if old is not None:
             if new is None or new.uidvalidity != old.uidvalidity:
-                gone = list(old.by_name)
+                gone = sorted(old.filenames())
             else:
-                gone = [name for name in old.by_name if name not in new.by_name]
+                gone = sorted(old.filenames() - new.filenames())
         self._kernel_forget([directory] + [f"{directory}/{name}" for name in gone])
 
     def folders_changed(self) -> None:
@@ -452,14 +452,13 @@ class ImapFS(fuse.Operations):
         entries.extend((name, self._dir_stat(child), 0) for name, child in node.children.items())
         if node.folder is not None and node.folder.selectable:
             listing = self.store.listing(node.folder.name)
-            entries.extend((name, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0)
-                           for name, meta in ((n, listing.messages[u]) for n, u in listing.by_name.items())
-                           if name not in node.children)
+            entries.extend((meta.filename, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0)
+                           for meta in listing.messages.values() if meta.filename not in node.children)
             with self._state_lock:
                 if plus:
                     prefix = path.rstrip("/") + "/"
-                    for name, uid in listing.by_name.items():
-                        self._told[prefix + name] = (listing.uidvalidity, uid, listing.messages[uid].size)
+                    for meta in listing.messages.values():
+                        self._told[prefix + meta.filename] = (listing.uidvalidity, meta.uid, meta.size)
                 entries.extend(name for (folder, name) in self._new_files if folder == node.folder.name)
         return entries
 

@@ -70,7 +70,6 @@ class Listing:
     folder: str
     uidvalidity: int
     messages: dict[int, MessageMeta] = field(default_factory=dict)
-    by_name: dict[str, int] = field(default_factory=dict)
     highestmodseq: int | None = None
     uidnext: int | None = None
     synced_at: float = 0.0
@@ -87,9 +86,9 @@ class Listing:
 
     def add(self, meta: MessageMeta) -> None:
         self.messages[meta.uid] = meta
-        self.by_name[meta.filename] = meta.uid
 
     def remove(self, uid: int) -> None:
-        meta = self.messages.pop(uid, None)
-        if meta is not None:
-            self.by_name.pop(meta.filename, None)
+        self.messages.pop(uid, None)
+
+    def filenames(self) -> set[str]:
+        return {meta.filename for meta in self.messages.values()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -151,7 +152,7 @@ class MailStore:
         if old is not None and old.uidvalidity != status.uidvalidity:
             log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
                      folder, old.uidvalidity, status.uidvalidity)
-            self._names_changed(folder, list(old.by_name))
+            self._names_changed(folder, sorted(old.filenames()))
             old = None
         listing = Listing(folder=folder, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
                           highestmodseq=status.highestmodseq)
@@ -159,7 +160,6 @@ class MailStore:
             self._fetch_metadata(session, listing, session.search_all_uids() if status.exists else [])
         else:
             listing.messages = dict(old.messages)
-            listing.by_name = dict(old.by_name)
             self._sync_known(session, listing, old, status.exists)
             if len(listing.messages) != status.exists:
                 log.debug("%r: %d listed but EXISTS is %d; relisting UIDs", folder, len(listing.messages),
@@ -542,10 +542,22 @@ class MailStore:
         log.info("renamed folder %r to %r", old, new)
 
 
+_FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
 def _flags(raw: Any) -> tuple[str, ...]:
+    """Flags as a tuple shared by every message with the same flags: a
+    folder has a handful of combinations, and 10,000 copies cost memory."""
+    key = tuple(raw)
+    shared = _FLAG_TUPLES.get(key)
+    if shared is not None:
+        return shared
     flags = (f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in raw)
     # \Recent belongs to one session (RFC 3501 2.3.2); showing it would only confuse.
-    return tuple(f for f in flags if f.lower() != "\\recent")
+    value = tuple(sys.intern(f) for f in flags if f.lower() != "\\recent")
+    if len(_FLAG_TUPLES) < 4096:
+        _FLAG_TUPLES[key] = value
+    return value
 
 
 def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:
