@@ -181,6 +181,9 @@ class ImapFS(fuse.Operations):
         self._mounted_at_ns = time.time_ns()
         self._handles: dict[int, ReadHandle | WriteHandle] = {}
         self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
+        # (path, key, entries, listing, node) of the last directory listed; listing
+        # and node are kept so their id()s in the key cannot be reused meanwhile.
+        self._entries_cache: tuple[str, tuple, list[Any], Any, Any] | None = None
         self._handle_ids = itertools.count(1)
         self._state_lock = threading.Lock()  # guards _handles, _new_files, _aliases
         self._new_files: dict[tuple[str, str], NewFile] = {}
@@ -448,10 +451,21 @@ class ImapFS(fuse.Operations):
             raise refuse(errno.ENOTDIR)
         # Attributes go with the names: with READDIRPLUS (ImapFUSE below)
         # the kernel then needs no LOOKUP per file for `ls -l`.
-        entries: list[Any] = [".", ".."]
-        entries.extend((name, self._dir_stat(child), 0) for name, child in node.children.items())
+        listing = None
         if node.folder is not None and node.folder.selectable:
             listing = self.store.listing(node.folder.name)
+        # A big folder listed again unchanged gets the same entries back
+        # (and ImapFUSE the stat buffers it made from them): `ls -l` twice
+        # should not build 10,000 stat dicts twice.
+        key = (id(node), id(listing), self.store.size_epoch, plus)
+        with self._state_lock:
+            cached = self._entries_cache
+            if cached is not None and cached[0] == path and cached[1] == key and cached[3] is listing \
+                    and cached[4] is node and not self._new_files:
+                return cached[2]
+        entries: list[Any] = [".", ".."]
+        entries.extend((name, self._dir_stat(child), 0) for name, child in node.children.items())
+        if listing is not None:
             entries.extend((meta.filename, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0)
                            for meta in listing.messages.values() if meta.filename not in node.children)
             with self._state_lock:
@@ -460,6 +474,8 @@ class ImapFS(fuse.Operations):
                     for meta in listing.messages.values():
                         self._told[prefix + meta.filename] = (listing.uidvalidity, meta.uid, meta.size)
                 entries.extend(name for (folder, name) in self._new_files if folder == node.folder.name)
+        with self._state_lock:
+            self._entries_cache = (path, key, entries, listing, node)
         return entries
 
     @fuse_operation
@@ -874,23 +890,33 @@ class ImapFUSE(fuse.FUSE):
             items = self.operations.dir_snapshot(decoded, fip.contents.fh, offset, plus)
         except fuse.FuseOSError as exc:
             return -exc.errno
-        st = fuse.c_stat()
-        for index in range(offset, len(items)):
-            item = items[index]
-            name, attrs = (item, None) if isinstance(item, str) else (item[0], item[1])
-            fill_flags = 0
-            stat_arg = None
-            if isinstance(attrs, dict):
-                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-                if plus:
-                    fill_stat(st, attrs)
-                    fill_flags = FUSE_FILL_DIR_PLUS
-                else:
-                    st.st_mode = attrs["st_mode"]
-                stat_arg = st
-            if filler(buf, name.encode(self.encoding, self.errors), stat_arg, index + 1, fill_flags) != 0:
+        prepared = self._prepare(items, plus)
+        fill_flags = FUSE_FILL_DIR_PLUS if plus else 0
+        for index in range(offset, len(prepared)):
+            name, stat_arg = prepared[index]
+            if filler(buf, name, stat_arg, index + 1, fill_flags if stat_arg is not None else 0) != 0:
                 break
         return 0
+
+    def _prepare(self, items: list[Any], plus: bool) -> list[tuple[bytes, Any]]:
+        """Encoded names and filled stat buffers for entries, remembered for
+        the last entries list seen (the same list comes back while unchanged)."""
+        last = getattr(self, "_prepared", None)
+        if last is not None and last[0] is items and last[1] == plus:
+            return last[2]
+        prepared: list[tuple[bytes, Any]] = []
+        for item in items:
+            name, attrs = (item, None) if isinstance(item, str) else (item[0], item[1])
+            st = None
+            if isinstance(attrs, dict):
+                st = fuse.c_stat()
+                if plus:
+                    fill_stat(st, attrs)
+                else:
+                    st.st_mode = attrs["st_mode"]
+            prepared.append((name.encode(self.encoding, self.errors), st))
+        self._prepared = (items, plus, prepared)
+        return prepared
 
 
 def fill_stat(st: Any, attrs: dict[str, Any]) -> None:

@@ -68,6 +68,9 @@ class MailStore:
         # Called with (folder, file names) whose attributes the kernel may hold
         # wrongly now: the folder was recreated, or a size proved wrong.
         self.on_names_changed: Callable[[str, list[str]], None] | None = None
+        # Moves on whenever a shown size is corrected, so views built from
+        # listings (directory entries with attributes) know to rebuild.
+        self.size_epoch = 0
 
     def close(self) -> None:
         self.readahead.close()
@@ -371,6 +374,7 @@ class MailStore:
             log.warning("server said UID %d has %d bytes, it has %d; showing the real size",
                         meta.uid, meta.size, real_size)
             meta.size = real_size
+            self.size_epoch += 1
             if folder is not None:
                 self._names_changed(folder, [meta.filename])
         meta.size_verified = True
