@@ -234,3 +234,35 @@ def test_refused_append_fails_the_tool_and_loses_nothing(dovecot, imap, fresh_fo
     assert done.returncode != 0, done.stderr
     assert source.read_bytes() == raw
     assert "was not appended" in m.log()  # the log says what happened
+
+
+def test_cp_a_and_mv_of_many_messages(dovecot, imap, fresh_folder, mount, tmp_path):
+    """cp -a preserves times and modes on what it wrote (accepted, meaningless
+    in IMAP); mv with a glob moves every message once."""
+    src = tmp_path / "archive"
+    src.mkdir()
+    raws = [message(f"bulk move {i}", f"body {i}") for i in range(6)]
+    for i, raw in enumerate(raws):
+        (src / f"{i}.eml").write_bytes(raw)
+    other = f"{fresh_folder}-dest"
+    dovecot.create_folder(other)
+    m = mount()
+    sh("cp", "-a", f"{src}/.", m.path / fresh_folder)
+    assert sorted(d["body"] for d in server_messages(imap, fresh_folder).values()) == sorted(raws)
+    sh("sh", "-c", f"mv '{m.path / fresh_folder}'/*.eml '{m.path / other}/'")
+    assert server_messages(imap, fresh_folder) == {}
+    assert sorted(d["body"] for d in server_messages(imap, other).values()) == sorted(raws)
+
+
+def test_rm_r_of_a_folder_keeps_its_mail_in_trash(dovecot, imap, fresh_folder, mount):
+    token = uuid.uuid4().hex
+    sub = f"{fresh_folder}/doomed"
+    dovecot.create_folder(sub)
+    raws = [message(f"doomed {token} {i}") for i in range(3)]
+    for raw in raws:
+        dovecot.append(sub, raw)
+    m = mount()
+    sh("rm", "-r", m.path / fresh_folder / "doomed")
+    assert sub not in folder_names(imap)
+    trash = [d["body"] for d in server_messages(imap, "Trash").values() if token.encode() in d["body"]]
+    assert sorted(trash) == sorted(raws)
