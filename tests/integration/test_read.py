@@ -268,3 +268,53 @@ def test_fstab_style_mount_through_mount_fuse3(dovecot, fresh_folder, tmp_path):
         subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
     assert not is_mounted(mountpoint)
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "hang-up", "not-tls"])
+def test_broken_servers_fail_clearly_and_in_time(mount, behaviour):
+    """A server that accepts and never speaks, one that hangs up at once, and
+    one that is not TLS at all: one clear line each, within the timeout."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    held = []
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            if behaviour == "silent":
+                held.append(conn)
+            elif behaviour == "hang-up":
+                conn.close()
+            else:
+                conn.sendall(b"* OK plain text IMAP, no TLS here\r\n")
+                held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        failed = mount("timeout=2", url=f"imaps://alice@127.0.0.1:{port}", expect_fail=True)
+        assert time.monotonic() - started < 15
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert failed.returncode != 0
+    lines = [line for line in failed.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("imapfs: error:"), failed.output
+    expected = {"silent": ("did not answer in time",), "hang-up": ("cannot reach", "connection lost", "TLS failed"),
+                "not-tls": ("TLS failed",)}[behaviour]
+    assert any(word in lines[0] for word in expected), lines[0]
+    assert f"127.0.0.1:{port}" in lines[0]
