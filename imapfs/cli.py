@@ -224,7 +224,8 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
               fuse_debug: bool, ready_fd: int | None) -> int:
     prefer_libfuse3()
 
-    from imapfs.fs import ImapFS, ImapFUSE
+    from imapfs.fs import ImapFS
+    from imapfs.fusebind import ImapFUSE
     from imapfs.pool import ConnectionPool
     from imapfs.store import MailStore
     from imapfs.watcher import Watcher

@@ -204,15 +204,6 @@ class ImapFS(fuse.Operations):
         self._forgetter: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------
-    def init_with_config(self, conn: Any, config: Any) -> None:
-        # The kernel's default ("auto") uses READDIRPLUS for a directory's
-        # first chunk only and plain READDIR after it, so a scan like grep -r
-        # costs one LOOKUP per message. Entries are cheap to give with their
-        # attributes here, so ask for READDIRPLUS always.
-        if conn is not None and fuse.fuse_version_major >= 3 and hasattr(conn, "want"):
-            conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
-        self.init("/")
-
     def init(self, path: str) -> None:
         # Threads and sockets start here, after the process has daemonised.
         self.initialized = True
@@ -449,7 +440,7 @@ class ImapFS(fuse.Operations):
         node = self._resolve(path)
         if not isinstance(node, DirNode):
             raise refuse(errno.ENOTDIR)
-        # Attributes go with the names: with READDIRPLUS (ImapFUSE below)
+        # Attributes go with the names: with READDIRPLUS (fusebind.ImapFUSE)
         # the kernel then needs no LOOKUP per file for `ls -l`.
         listing = None
         if node.folder is not None and node.folder.selectable:
@@ -863,75 +854,6 @@ class ImapFS(fuse.Operations):
     def link(self, target: str, source: str) -> int:
         self._check_writable()
         raise refuse(errno.EPERM)
-
-
-FUSE_READDIR_PLUS = 1
-FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
-FUSE_FILL_DIR_PLUS = 2
-
-
-class ImapFUSE(fuse.FUSE):
-    """mfusepy's FUSE, answering READDIRPLUS with full attributes.
-
-    mfusepy passes only the mode to libfuse's filler and never sets
-    FUSE_FILL_DIR_PLUS, so the kernel follows every readdir with one
-    LOOKUP per entry: 10,000 extra round trips for `ls -l` on a big
-    folder. libfuse 3 takes the attributes and answers those itself.
-    """
-
-    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
-                       flags: int) -> int:
-        # Entries carry offsets (index + 1): libfuse 3 only passes READDIRPLUS
-        # attributes on to the kernel in its offset mode; in the other mode it
-        # sends them with node id 0, which the kernel ignores.
-        decoded = None if path is None else path.decode(self.encoding, self.errors)
-        plus = bool(flags & FUSE_READDIR_PLUS)
-        try:
-            items = self.operations.dir_snapshot(decoded, fip.contents.fh, offset, plus)
-        except fuse.FuseOSError as exc:
-            return -exc.errno
-        prepared = self._prepare(items, plus)
-        fill_flags = FUSE_FILL_DIR_PLUS if plus else 0
-        for index in range(offset, len(prepared)):
-            name, stat_arg = prepared[index]
-            if filler(buf, name, stat_arg, index + 1, fill_flags if stat_arg is not None else 0) != 0:
-                break
-        return 0
-
-    def _prepare(self, items: list[Any], plus: bool) -> list[tuple[bytes, Any]]:
-        """Encoded names and filled stat buffers for entries, remembered for
-        the last entries list seen (the same list comes back while unchanged)."""
-        last = getattr(self, "_prepared", None)
-        if last is not None and last[0] is items and last[1] == plus:
-            return last[2]
-        prepared: list[tuple[bytes, Any]] = []
-        for item in items:
-            name, attrs = (item, None) if isinstance(item, str) else (item[0], item[1])
-            st = None
-            if isinstance(attrs, dict):
-                st = fuse.c_stat()
-                if plus:
-                    fill_stat(st, attrs)
-                else:
-                    st.st_mode = attrs["st_mode"]
-            prepared.append((name.encode(self.encoding, self.errors), st))
-        self._prepared = (items, plus, prepared)
-        return prepared
-
-
-def fill_stat(st: Any, attrs: dict[str, Any]) -> None:
-    """mfusepy.set_st_attrs for the keys imapfs's stat dicts have, without its
-    per-key lookups: a READDIRPLUS of 10,000 messages fills 10,000 of these."""
-    st.st_mode = attrs["st_mode"]
-    st.st_nlink = attrs["st_nlink"]
-    st.st_uid = attrs["st_uid"]
-    st.st_gid = attrs["st_gid"]
-    st.st_size = attrs["st_size"]
-    if "st_blocks" in attrs:
-        st.st_blocks = attrs["st_blocks"]
-        st.st_blksize = attrs["st_blksize"]
-    for name, spec in (("st_mtime", st.st_mtimespec), ("st_ctime", st.st_ctimespec), ("st_atime", st.st_atimespec)):
-        spec.tv_sec, spec.tv_nsec = divmod(attrs[name], 1_000_000_000)
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

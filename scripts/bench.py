@@ -558,7 +558,6 @@ def mbsync_then_grep(rc: Path, maildir: Path) -> tuple[float, int]:
 
 #: libfuse 3 (fuse_common.h, fuse.h): readdir's flag for a READDIRPLUS request, the filler's flag for an
 #: entry that carries its attributes, and the capability that makes the kernel send READDIRPLUS only sometimes.
-FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 
 
 class FloorFS:
@@ -649,18 +648,12 @@ def serve_floor_fs(data: Path, mountpoint: Path) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import mfusepy
 
-    from imapfs.fs import ImapFUSE  # after mfusepy: it shares the libfuse that was just loaded
+    from imapfs.fusebind import ImapFUSE  # after mfusepy: it shares the libfuse that was just loaded
 
     class FloorFUSE(ImapFUSE):
-        """imapfs's own FUSE subclass (READDIRPLUS answered with attributes), asked
-        for READDIRPLUS always, as ImapFS.init_with_config does."""
+        """imapfs's own FUSE binding: READDIRPLUS always, answered with attributes."""
 
         operations: FloorFS
-
-        def init_fuse_3(self, conn: Any, config: Any) -> None:
-            if conn:
-                conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO
-            super().init_fuse_3(conn, config)
 
     with open(data, "rb") as handle:
         folder, files = pickle.load(handle)
