@@ -278,6 +278,13 @@ class Session:
                 what.append("HIGHESTMODSEQ")
             return self._client.folder_status(folder, what)
 
+    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> list[int]:
+        """UIDs >= first_uid in folder whose Message-ID header is message_id."""
+        self.select(folder, readonly=True)
+        with self._translating():
+            found = self._client.search(["UID", f"{first_uid}:*", "HEADER", "Message-ID", message_id])
+        return sorted(int(u) for u in found if int(u) >= first_uid)
+
     # --- writing ---------------------------------------------------------
     def append(self, folder: str, message: bytes, flags: Iterable[str], when: dt.datetime | None) -> int | None:
         """APPEND; returns the new UID when the server reports APPENDUID."""

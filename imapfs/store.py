@@ -420,9 +420,34 @@ class MailStore:
     # listing resynchronises instead of serving what was cached before.
 
     def append(self, folder: str, data: bytes, flags: tuple[str, ...], when: dt.datetime | None) -> int | None:
-        """APPEND a message; returns its UID when the server says (UIDPLUS)."""
+        """APPEND a message; returns its UID when the server says (UIDPLUS).
+
+        If the connection drops after the APPEND was sent, nobody knows
+        whether it arrived. A message with a Message-ID is then looked for
+        among the UIDs the folder gained since just before the APPEND
+        (UIDNEXT from STATUS): found, it arrived; not found, it is sent once
+        more. Without a Message-ID it is not repeated: the error is reported
+        and the writer still has its copy.
+        """
+        message_id = names.message_id_from_headers(_header_block(data))
         try:
-            uid = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
+            first_uid = None
+            if message_id:
+                first_uid = self.pool.run(lambda s: s.status_of(folder)).get(b"UIDNEXT")
+            try:
+                uid = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
+            except ServerUnavailable as exc:
+                if not message_id or first_uid is None:
+                    raise
+                arrived = self.pool.run(lambda s: s.find_message_id(folder, message_id, int(first_uid)))
+                if arrived:
+                    log.warning("connection lost during APPEND to %r (%s), but the message arrived as UID %d",
+                                folder, exc, arrived[-1])
+                    uid = arrived[-1]
+                else:
+                    log.warning("connection lost during APPEND to %r (%s) before it arrived; sending it again",
+                                folder, exc)
+                    uid = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
         finally:
             self.listings.mark_stale(folder)
         log.info("appended %d bytes to %r as UID %s", len(data), folder, uid)
@@ -547,6 +572,13 @@ class MailStore:
 
 
 _FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def _header_block(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    return data[:end + 2] if end >= 0 else data[:65536]
 
 
 def _flags(raw: Any) -> tuple[str, ...]:

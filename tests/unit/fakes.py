@@ -50,6 +50,8 @@ class FakeServer:
         self.delimiter = "/"
         self.commands: list[tuple] = []
         self.fail_next: list[BaseException] = []
+        # command name -> error raised after the command took effect (the reply was lost)
+        self.fail_after: dict[str, BaseException] = {}
         # UIDs another session expunged that this one may still fetch: Dovecot answers BODY[] NIL.
         self.ghosts: set[int] = set()
         self._next_uidvalidity = 1000
@@ -220,7 +222,18 @@ class FakeSession:
     def append(self, folder: str, message: bytes, flags: Any, when: dt.datetime | None) -> int | None:
         self._log("APPEND", folder, tuple(flags), when)
         kw = {"internaldate": when} if when else {}
-        return self.server.add(folder, message, tuple(flags), **kw)
+        uid = self.server.add(folder, message, tuple(flags), **kw)
+        if "APPEND" in self.server.fail_after:
+            self.broken = True
+            raise self.server.fail_after.pop("APPEND")
+        return uid
+
+    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> list[int]:
+        self.select(folder)
+        self._log("UID SEARCH", f"UID {first_uid}:* HEADER Message-ID {message_id}")
+        wanted = f"message-id: {message_id}".lower().encode()
+        return sorted(uid for uid, m in self._box().messages.items()
+                      if uid >= first_uid and wanted in m.raw.lower())
 
     def copy(self, uids: list[int], target: str) -> None:
         self._log("UID COPY", list(uids), target)

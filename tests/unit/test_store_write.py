@@ -101,12 +101,43 @@ def test_moving_an_expunged_message_is_not_found():
         store.move("INBOX", validity, uid, "Archive")
 
 
-def test_append_is_not_retried_after_it_was_sent():
+def test_append_without_message_id_is_not_repeated_after_it_was_sent():
     server, store = make()
-    server.fail_next.append(ServerUnavailable("dropped"))
+    server.fail_after["APPEND"] = ServerUnavailable("dropped")
     with pytest.raises(ServerUnavailable):
         store.append("INBOX", b"Subject: x\r\n\r\n", (), None)
     assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
+    assert len(server.mailboxes["INBOX"].messages) == 1
+
+
+WITH_ID = b"Subject: x\r\nMessage-ID: <once@example.org>\r\n\r\nbody\r\n"
+
+
+def test_append_whose_reply_was_lost_is_found_not_repeated():
+    server, store = make()
+    server.add("INBOX", WITH_ID)  # an older copy with the same Message-ID must not count
+    server.fail_after["APPEND"] = ServerUnavailable("reply lost")
+    uid = store.append("INBOX", WITH_ID, (), None)
+    assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
+    assert uid == 2 and len(server.mailboxes["INBOX"].messages) == 2
+
+
+def test_append_lost_before_arriving_is_sent_once_more():
+    server, store = make()
+    original_status = type(server.session()).status_of
+
+    def status_then_fail_next(self, folder):  # STATUS succeeds; the following APPEND is lost
+        result = original_status(self, folder)
+        server.fail_next.append(ServerUnavailable("dropped before the server saw it"))
+        return result
+
+    type(server.session()).status_of = status_then_fail_next
+    try:
+        uid = store.append("INBOX", WITH_ID, (), None)
+    finally:
+        type(server.session()).status_of = original_status
+    assert sum(1 for c in server.commands if c[0] == "APPEND") == 2
+    assert list(server.mailboxes["INBOX"].messages) == [uid]
 
 
 def test_append_into_a_silently_dead_connection_is_checked_first_then_sent_once():
