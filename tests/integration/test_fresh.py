@@ -107,14 +107,20 @@ def append_many(server, folder: str, count: int, token_every: int) -> int:
     return with_token
 
 
-def test_grep_survives_a_server_restart(own_dovecot, mount):
+@pytest.mark.parametrize("fault", ["restart", "kicks"])
+def test_grep_survives_a_server_restart(own_dovecot, mount, fault):
     own_dovecot.create_folder("bulk")
     expected = append_many(own_dovecot, "bulk", 1000, 7)
     m = mount("connections=2", url=own_dovecot.url, ca_file=own_dovecot.ca_file)
     grep = subprocess.Popen(["grep", "-rl", "NEEDLE", str(m.path / "bulk")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     time.sleep(0.5)
-    own_dovecot.restart()
+    if fault == "restart":
+        own_dovecot.restart()
+    else:  # every connection closed server-side, three times over
+        for _ in range(3):
+            own_dovecot.kick()
+            time.sleep(0.2)
     out, err = grep.communicate(timeout=90)
     assert grep.returncode == 0, err
     assert len(out.split()) == expected
