@@ -84,45 +84,56 @@ class Watcher:
 
     # --- IDLE ------------------------------------------------------------
     def _idle_loop(self) -> None:
+        """IDLE on whichever folder is wanted, on one connection kept across
+        folder changes (a grep -r through many folders moves it often);
+        a new connection only after a failure."""
         delay = 1.0
-        while not self._stop.is_set():
-            folder = self._current_wanted()
-            if folder is None:
-                self._wanted_changed.wait(timeout=1.0)
-                self._wanted_changed.clear()
-                continue
-            try:
-                self._idle_on(folder)
-                delay = 1.0
-            except ImapFSError as exc:
-                log.info("IDLE on %r stopped (%s); trying again in %.0f s", folder, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-
-    def _idle_on(self, folder: str) -> None:
-        session = self._connector(self._account, self._password, self._options)
+        session: Session | None = None
         try:
-            if not session.has("IDLE"):
-                log.info("server has no IDLE; relying on polling every %.0f s", self._options.poll_interval)
-                self._stop.wait()
-                return
-            while not self._stop.is_set() and self._current_wanted() == folder:
-                session.select(folder, readonly=True)
-                self._wanted_changed.clear()
-                session.idle_start()
-                started = time.monotonic()
+            while not self._stop.is_set():
+                folder = self._current_wanted()
+                if folder is None:
+                    self._wanted_changed.wait(timeout=1.0)
+                    self._wanted_changed.clear()
+                    continue
                 try:
-                    while (not self._stop.is_set() and self._current_wanted() == folder
-                           and time.monotonic() - started < IDLE_RENEW_SECONDS):
-                        responses = session.idle_wait(IDLE_CHECK_SECONDS)
-                        if any(_is_change(r) for r in responses):
-                            log.debug("IDLE: %r changed on the server", folder)
-                            self._report(folder)
-                finally:
-                    if not session.broken:
-                        session.idle_done()
+                    if session is None:
+                        session = self._connector(self._account, self._password, self._options)
+                        if not session.has("IDLE"):
+                            log.info("server has no IDLE; relying on polling every %.0f s",
+                                     self._options.poll_interval)
+                            return
+                    self._idle_on(session, folder)
+                    delay = 1.0
+                except ImapFSError as exc:
+                    log.info("IDLE on %r stopped (%s); trying again in %.0f s", folder, exc, delay)
+                    if session is not None:
+                        session.logout()
+                        session = None
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
         finally:
-            session.logout()
+            if session is not None:
+                session.logout()
+
+    def _idle_on(self, session: Session, folder: str) -> None:
+        """IDLE in folder until another folder is wanted or the watcher stops,
+        renewing the IDLE before servers time it out."""
+        session.select(folder, readonly=True)
+        self._wanted_changed.clear()
+        while not self._stop.is_set() and self._current_wanted() == folder:
+            session.idle_start()
+            started = time.monotonic()
+            try:
+                while (not self._stop.is_set() and self._current_wanted() == folder
+                       and time.monotonic() - started < IDLE_RENEW_SECONDS):
+                    responses = session.idle_wait(IDLE_CHECK_SECONDS)
+                    if any(_is_change(r) for r in responses):
+                        log.debug("IDLE: %r changed on the server", folder)
+                        self._report(folder)
+            finally:
+                if not session.broken:
+                    session.idle_done()
 
     def _report(self, folder: str) -> None:
         try:
