@@ -181,9 +181,8 @@ class ImapFS(fuse.Operations):
         self._mounted_at_ns = time.time_ns()
         self._handles: dict[int, ReadHandle | WriteHandle] = {}
         self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
-        # (path, key, entries, listing, node) of the last directory listed; listing
-        # and node are kept so their id()s in the key cannot be reused meanwhile.
-        self._entries_cache: tuple[str, tuple, list[Any], Any, Any] | None = None
+        # ((path, size epoch, plus), node, listing, entries) of the last directory listed.
+        self._entries_cache: tuple[tuple[str, int, bool], Any, Any, list[Any]] | None = None
         self._handle_ids = itertools.count(1)
         self._state_lock = threading.Lock()  # guards _handles, _new_files, _aliases
         self._new_files: dict[tuple[str, str], NewFile] = {}
@@ -448,12 +447,14 @@ class ImapFS(fuse.Operations):
         # A big folder listed again unchanged gets the same entries back
         # (and ImapFUSE the stat buffers it made from them): `ls -l` twice
         # should not build 10,000 stat dicts twice.
-        key = (id(node), id(listing), self.store.size_epoch, plus)
+        # The same node and listing objects mean nothing changed: both are
+        # replaced, never mutated, when the server's state moves on.
+        key = (path, self.store.size_epoch, plus)
         with self._state_lock:
             cached = self._entries_cache
-            if cached is not None and cached[0] == path and cached[1] == key and cached[3] is listing \
-                    and cached[4] is node and not self._new_files:
-                return cached[2]
+            if (cached is not None and cached[0] == key and cached[1] is node and cached[2] is listing
+                    and not self._new_files):
+                return cached[3]
         entries: list[Any] = [".", ".."]
         entries.extend((name, self._dir_stat(child), 0) for name, child in node.children.items())
         if listing is not None:
@@ -466,7 +467,7 @@ class ImapFS(fuse.Operations):
                         self._told[prefix + meta.filename] = (listing.uidvalidity, meta.uid, meta.size)
                 entries.extend(name for (folder, name) in self._new_files if folder == node.folder.name)
         with self._state_lock:
-            self._entries_cache = (path, key, entries, listing, node)
+            self._entries_cache = (key, node, listing, entries)
         return entries
 
     @fuse_operation
@@ -693,11 +694,11 @@ class ImapFS(fuse.Operations):
         flags = rfc5322.flags_from_filename(new.name)
         when = rfc5322.internaldate_from_headers(data)
         try:
-            uid = self.store.append(new.folder.name, data, flags, when)
+            appended = self.store.append(new.folder.name, data, flags, when)
         except ImapFSError as exc:
             log.warning("%s (%d bytes) was not appended to %r: %s", new.name, len(data), new.folder.name, exc)
             raise
-        uidvalidity = self.store.listing(new.folder.name).uidvalidity if uid is not None else None
+        uidvalidity, uid = appended if appended else (None, None)
         mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
         with self._state_lock:
             self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, len(data), mtime_ns)

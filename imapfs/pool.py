@@ -104,10 +104,6 @@ def _server_text(exc: BaseException) -> str:
     return text
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def parse_uid_set(text: str) -> list[int]:
     """'3:5,9' -> [3, 4, 5, 9] (servers send VANISHED in this form)."""
     uids: list[int] = []
@@ -225,8 +221,8 @@ class Session:
         # "n:*" also matches the highest existing UID when it is below n.
         return sorted(int(u) for u in found if int(u) >= first_uid)
 
-    def changes_since(self, uid_set: str, modseq: int) -> tuple[dict[int, tuple[str, ...]], list[int]]:
-        """Flags changed and UIDs expunged since modseq (RFC 7162 QRESYNC):
+    def changes_since(self, uid_set: str, modseq: int) -> tuple[dict[int, tuple[Any, ...]], list[int]]:
+        """Flags changed (as the server sent them) and UIDs expunged since modseq (RFC 7162 QRESYNC):
         one UID FETCH ... (CHANGEDSINCE m VANISHED), costing what changed."""
         if not self.qresync:
             raise NotSupported("QRESYNC is not enabled on this connection")
@@ -237,8 +233,7 @@ class Session:
         for line in vanished_lines:
             text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
             vanished.extend(parse_uid_set(text.replace("(EARLIER)", "").strip()))
-        flags = {uid: tuple(_text(f) for f in data.get(b"FLAGS", ())) for uid, data in fetched.items()
-                 if b"FLAGS" in data}
+        flags = {uid: tuple(data[b"FLAGS"]) for uid, data in fetched.items() if b"FLAGS" in data}
         return flags, vanished
 
     def fetch(self, uid_set: str | list[int], items: list[str],
@@ -278,16 +273,17 @@ class Session:
                 what.append("HIGHESTMODSEQ")
             return self._client.folder_status(folder, what)
 
-    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> list[int]:
-        """UIDs >= first_uid in folder whose Message-ID header is message_id."""
-        self.select(folder, readonly=True)
+    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> tuple[int, list[int]]:
+        """The folder's UIDVALIDITY, and its UIDs >= first_uid whose Message-ID is message_id."""
+        status = self.select(folder, readonly=True)
         with self._translating():
             found = self._client.search(["UID", f"{first_uid}:*", "HEADER", "Message-ID", message_id])
-        return sorted(int(u) for u in found if int(u) >= first_uid)
+        return status.uidvalidity, sorted(int(u) for u in found if int(u) >= first_uid)
 
     # --- writing ---------------------------------------------------------
-    def append(self, folder: str, message: bytes, flags: Iterable[str], when: dt.datetime | None) -> int | None:
-        """APPEND; returns the new UID when the server reports APPENDUID."""
+    def append(self, folder: str, message: bytes, flags: Iterable[str],
+               when: dt.datetime | None) -> tuple[int, int] | None:
+        """APPEND; returns (UIDVALIDITY, UID) when the server reports APPENDUID."""
         with self._translating():
             response = self._client.append(folder, message, flags=tuple(flags), msg_time=when)
         return _appenduid(response)
@@ -358,14 +354,17 @@ class Session:
             self._client.shutdown()
 
 
-def _appenduid(response: Any) -> int | None:
+def _appenduid(response: Any) -> tuple[int, int] | None:
+    """(UIDVALIDITY, UID) from an APPENDUID response code (RFC 4315)."""
     text = response.decode("ascii", "replace") if isinstance(response, bytes) else str(response)
     marker = "[APPENDUID "
     start = text.upper().find(marker)
     if start < 0:
         return None
     fields = text[start + len(marker):].split("]")[0].split()
-    return int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else None
+    if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+        return int(fields[0]), int(fields[1])
+    return None
 
 
 def connect(account: Account, password: str, options: Options) -> Session:

@@ -58,10 +58,16 @@ def _header_end(data: bytes) -> int | None:
     return None
 
 
+def header_block(data: bytes) -> bytes:
+    """The header fields of a message (at most the first MAX_HEADER_SCAN bytes)."""
+    head = data[:MAX_HEADER_SCAN]
+    end = _header_end(head)
+    return head[:end] if end else head
+
+
 def internaldate_from_headers(data: bytes) -> dt.datetime | None:
     """The Date header as an aware datetime, or None (the server then uses now)."""
-    end = _header_end(data[:MAX_HEADER_SCAN])
-    raw = names.header_value(data[:end] if end else data[:MAX_HEADER_SCAN], "Date")
+    raw = names.header_value(header_block(data), "Date")
     if not raw:
         return None
     try:

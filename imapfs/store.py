@@ -19,7 +19,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from imapfs import names
+from imapfs import names, rfc5322
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import NotEmpty, NotFound, NotSupported, ServerUnavailable, StaleMessage
@@ -167,7 +167,7 @@ class MailStore:
             if len(listing.messages) != status.exists:
                 log.debug("%r: %d listed but EXISTS is %d; relisting UIDs", folder, len(listing.messages),
                           status.exists)
-                self._reconcile(session, listing, status.exists)
+                self._reconcile(session, listing)
         listing.synced_at = self._clock()
         return listing
 
@@ -189,7 +189,7 @@ class MailStore:
                 self._refresh_flags(session, listing, old)
         self._fetch_metadata(session, listing, new_uids)
 
-    def _reconcile(self, session: Session, listing: Listing, exists: int) -> None:
+    def _reconcile(self, session: Session, listing: Listing) -> None:
         present = self._drop_expunged(session, listing)
         self._fetch_metadata(session, listing, [u for u in present if u not in listing.messages])
 
@@ -419,39 +419,47 @@ class MailStore:
     # every successful one marks the folders it touched stale, so the next
     # listing resynchronises instead of serving what was cached before.
 
-    def append(self, folder: str, data: bytes, flags: tuple[str, ...], when: dt.datetime | None) -> int | None:
-        """APPEND a message; returns its UID when the server says (UIDPLUS).
+    def append(self, folder: str, data: bytes, flags: tuple[str, ...],
+               when: dt.datetime | None) -> tuple[int, int] | None:
+        """APPEND a message; returns (UIDVALIDITY, UID) when the server says (UIDPLUS).
 
         If the connection drops after the APPEND was sent, nobody knows
         whether it arrived. A message with a Message-ID is then looked for
-        among the UIDs the folder gained since just before the APPEND
-        (UIDNEXT from STATUS): found, it arrived; not found, it is sent once
-        more. Without a Message-ID it is not repeated: the error is reported
-        and the writer still has its copy.
+        among the UIDs the folder gained since before the APPEND: found, it
+        arrived; not found, it is sent once more. The lower bound is the
+        UIDNEXT of the folder's cached listing (a STATUS only when there is
+        none), so the common case costs no extra round trip. Without a
+        Message-ID nothing is repeated: the error is reported and the writer
+        still has its copy.
         """
-        message_id = names.message_id_from_headers(_header_block(data))
+        message_id = names.message_id_from_headers(rfc5322.header_block(data))
         try:
             first_uid = None
             if message_id:
-                first_uid = self.pool.run(lambda s: s.status_of(folder)).get(b"UIDNEXT")
+                known = self.listings.get(folder)
+                first_uid = known.uidnext if known is not None else None
+                if first_uid is None:
+                    first_uid = self.pool.run(lambda s: s.status_of(folder)).get(b"UIDNEXT")
             try:
-                uid = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
+                appended = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
             except ServerUnavailable as exc:
                 if not message_id or first_uid is None:
                     raise
-                arrived = self.pool.run(lambda s: s.find_message_id(folder, message_id, int(first_uid)))
+                uidvalidity, arrived = self.pool.run(
+                    lambda s: s.find_message_id(folder, message_id, int(first_uid)))
                 if arrived:
                     log.warning("connection lost during APPEND to %r (%s), but the message arrived as UID %d",
                                 folder, exc, arrived[-1])
-                    uid = arrived[-1]
+                    appended = (uidvalidity, arrived[-1])
                 else:
                     log.warning("connection lost during APPEND to %r (%s) before it arrived; sending it again",
                                 folder, exc)
-                    uid = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
+                    appended = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
         finally:
             self.listings.mark_stale(folder)
-        log.info("appended %d bytes to %r as UID %s", len(data), folder, uid)
-        return uid
+        log.info("appended %d bytes to %r as %s", len(data), folder,
+                 f"UID {appended[1]}" if appended else "a UID the server did not say")
+        return appended
 
     def _select_for_write(self, session: Session, folder: str, uidvalidity: int, uid: int) -> None:
         status = session.select(folder, readonly=False)
@@ -572,13 +580,6 @@ class MailStore:
 
 
 _FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}
-
-
-def _header_block(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    return data[:end + 2] if end >= 0 else data[:65536]
 
 
 def _flags(raw: Any) -> tuple[str, ...]:

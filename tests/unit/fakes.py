@@ -219,21 +219,21 @@ class FakeSession:
         return {b"MESSAGES": len(box.messages), b"UIDNEXT": box.uidnext, b"UIDVALIDITY": box.uidvalidity,
                 b"HIGHESTMODSEQ": box.modseq}
 
-    def append(self, folder: str, message: bytes, flags: Any, when: dt.datetime | None) -> int | None:
+    def append(self, folder: str, message: bytes, flags: Any, when: dt.datetime | None) -> tuple[int, int] | None:
         self._log("APPEND", folder, tuple(flags), when)
         kw = {"internaldate": when} if when else {}
         uid = self.server.add(folder, message, tuple(flags), **kw)
         if "APPEND" in self.server.fail_after:
             self.broken = True
             raise self.server.fail_after.pop("APPEND")
-        return uid
+        return self.server.mailboxes[folder].uidvalidity, uid
 
-    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> list[int]:
-        self.select(folder)
+    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> tuple[int, list[int]]:
+        status = self.select(folder)
         self._log("UID SEARCH", f"UID {first_uid}:* HEADER Message-ID {message_id}")
         wanted = f"message-id: {message_id}".lower().encode()
-        return sorted(uid for uid, m in self._box().messages.items()
-                      if uid >= first_uid and wanted in m.raw.lower())
+        return status.uidvalidity, sorted(uid for uid, m in self._box().messages.items()
+                                          if uid >= first_uid and wanted in m.raw.lower())
 
     def copy(self, uids: list[int], target: str) -> None:
         self._log("UID COPY", list(uids), target)

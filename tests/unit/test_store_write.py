@@ -117,7 +117,7 @@ def test_append_whose_reply_was_lost_is_found_not_repeated():
     server, store = make()
     server.add("INBOX", WITH_ID)  # an older copy with the same Message-ID must not count
     server.fail_after["APPEND"] = ServerUnavailable("reply lost")
-    uid = store.append("INBOX", WITH_ID, (), None)
+    _, uid = store.append("INBOX", WITH_ID, (), None)
     assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
     assert uid == 2 and len(server.mailboxes["INBOX"].messages) == 2
 
@@ -133,11 +133,19 @@ def test_append_lost_before_arriving_is_sent_once_more():
 
     type(server.session()).status_of = status_then_fail_next
     try:
-        uid = store.append("INBOX", WITH_ID, (), None)
+        _, uid = store.append("INBOX", WITH_ID, (), None)
     finally:
         type(server.session()).status_of = original_status
     assert sum(1 for c in server.commands if c[0] == "APPEND") == 2
     assert list(server.mailboxes["INBOX"].messages) == [uid]
+
+
+def test_append_reports_uidvalidity_and_uid_without_extra_round_trips():
+    server, store = make()
+    listing = store.listing("INBOX")
+    server.commands.clear()
+    assert store.append("INBOX", WITH_ID, (), None) == (listing.uidvalidity, 1)
+    assert [c[0] for c in server.commands] == ["APPEND"]  # UIDNEXT came from the cached listing
 
 
 def test_append_into_a_silently_dead_connection_is_checked_first_then_sent_once():
@@ -146,7 +154,7 @@ def test_append_into_a_silently_dead_connection_is_checked_first_then_sent_once(
     with store.pool.session() as session:
         session.last_used -= 3600  # idle for an hour: the pool probes it before a write
     server.fail_next.append(ServerUnavailable("dropped while idle"))
-    uid = store.append("INBOX", b"Subject: x\r\n\r\n", (), None)
+    _, uid = store.append("INBOX", b"Subject: x\r\n\r\n", (), None)
     assert [c[0] for c in server.commands[-2:]] == ["NOOP", "APPEND"] or \
         [c[0] for c in server.commands if c[0] in {"NOOP", "APPEND"}] == ["NOOP", "APPEND"]
     assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
@@ -156,7 +164,7 @@ def test_append_into_a_silently_dead_connection_is_checked_first_then_sent_once(
 def test_append_shows_in_the_next_listing_at_once():
     server, store = make(listing_ttl=3600)
     store.listing("INBOX")
-    uid = store.append("INBOX", b"Subject: fresh\r\n\r\n", ("\\Seen",), None)
+    _, uid = store.append("INBOX", b"Subject: fresh\r\n\r\n", ("\\Seen",), None)
     listing = store.listing("INBOX")
     assert listing.messages[uid].flags == ("\\Seen",)
 
