@@ -8,20 +8,50 @@ mfusepy's FUSE class does not do by itself. Nothing here knows about mail.
 - READDIRPLUS always: the kernel's default ("auto") asks for it only for a
   directory's first chunk, so scans like grep -r fall back to a LOOKUP per
   file.
+- One Python thread state per libfuse worker thread, kept for the thread's
+  life. ctypes otherwise creates and destroys one around every callback,
+  about a third of the cost of a FUSE request that Python answers.
 
 Operations passed to ImapFUSE provide ``dir_snapshot(path, fh, offset,
-plus)``: the directory's entries, as names or (name, stat dict, 0).
+plus)``: the directory's entries, as names or (name, stat dict, 0). An
+operations object whose ``kernel_opens`` is true answers open with ENOSYS;
+ImapFUSE turns it off on a kernel without zero-message opens.
 """
 
 from __future__ import annotations
 
+import ctypes
+import threading
 from typing import Any
 
 import mfusepy as fuse
 
 FUSE_READDIR_PLUS = 1
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+FUSE_CAP_NO_OPEN_SUPPORT = 1 << 17
 FUSE_FILL_DIR_PLUS = 2
+
+_PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
+_PyGILState_Ensure.restype = ctypes.c_int
+_PyGILState_Ensure.argtypes = []
+_thread_state = threading.local()
+
+
+def keep_thread_state() -> None:
+    """Make the calling foreign thread's Python thread state outlive this callback.
+
+    A ctypes callback on a thread Python did not start wraps the call in
+    PyGILState_Ensure/Release, which creates a thread state and deletes it
+    again (with its thread-locals and frame stack) when the count drops to
+    zero. One Ensure never released keeps it alive for the thread's life.
+    libfuse's worker threads are few (max_threads, 10 by default, and they
+    stay while max_idle_threads allows), so at most a few states stay
+    allocated. The threading.local lookup is itself only stable once the
+    state is kept, which makes it the "done already" test.
+    """
+    if not getattr(_thread_state, "kept", False):
+        _PyGILState_Ensure()
+        _thread_state.kept = True
 
 
 class ImapFUSE(fuse.FUSE):
@@ -33,9 +63,17 @@ class ImapFUSE(fuse.FUSE):
     folder. libfuse 3 takes the attributes and answers those itself.
     """
 
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
+
     def init_fuse_3(self, conn: Any, config: Any) -> None:
         if conn:
             conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+            if not conn.contents.capable & FUSE_CAP_NO_OPEN_SUPPORT and getattr(self.operations, "kernel_opens",
+                                                                                False):
+                # A kernel this old would fail every open answered ENOSYS.
+                self.operations.kernel_opens = False
         super().init_fuse_3(conn, config)
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
