@@ -119,21 +119,47 @@ class Watcher:
     def _idle_on(self, session: Session, folder: str) -> None:
         """IDLE in folder until another folder is wanted or the watcher stops,
         renewing the IDLE before servers time it out."""
-        session.select(folder, readonly=True)
+        self.select_and_compare(session, folder)
         self._wanted_changed.clear()
         while not self._stop.is_set() and self._current_wanted() == folder:
             session.idle_start()
             started = time.monotonic()
+            trouble = False
             try:
                 while (not self._stop.is_set() and self._current_wanted() == folder
-                       and time.monotonic() - started < IDLE_RENEW_SECONDS):
+                       and time.monotonic() - started < IDLE_RENEW_SECONDS and not trouble):
                     responses = session.idle_wait(IDLE_CHECK_SECONDS)
                     if any(_is_change(r) for r in responses):
                         log.debug("IDLE: %r changed on the server", folder)
                         self._report(folder)
+                    trouble = any(_is_trouble(r) for r in responses)
             finally:
                 if not session.broken:
                     session.idle_done()
+            if trouble:
+                # An untagged NO or BYE mid-IDLE: Dovecot's answer when the
+                # folder is deleted under us. IDLE would say nothing more, so
+                # select again (and compare) on this connection or a new one.
+                log.debug("IDLE: the server complained about %r; selecting it again", folder)
+                self._stop.wait(IDLE_CHECK_SECONDS)  # a server that complains at every IDLE is not hammered
+                return
+
+    def select_and_compare(self, session: Session, folder: str) -> None:
+        """Select folder for IDLE, reporting it changed if it moved since it
+        was listed: IDLE tells only of changes from now on, and this runs
+        after every reconnect (a dropped connection, a server restart, the
+        folder deleted and recreated under us) and every move of the IDLE.
+        On a read-only mount the kernel serves cached files without asking
+        imapfs, so a change nobody reports stays unseen for attr_timeout."""
+        status = session.select(folder, readonly=True)
+        listing = next((cached for cached in self._listings() if cached.folder == folder), None)
+        if listing is None:
+            return
+        seen = {b"UIDVALIDITY": status.uidvalidity, b"MESSAGES": status.exists, b"UIDNEXT": status.uidnext,
+                b"HIGHESTMODSEQ": status.highestmodseq}
+        if _status_differs({key: value for key, value in seen.items() if value is not None}, listing):
+            log.debug("%r changed while it was not watched", folder)
+            self._report(folder)
 
     def _report(self, folder: str) -> None:
         try:
@@ -186,12 +212,16 @@ def _is_change(response: tuple) -> bool:
     return any(isinstance(part, bytes) and part.upper() in CHANGE_RESPONSES for part in response[:2])
 
 
+def _is_trouble(response: tuple) -> bool:
+    return bool(response) and isinstance(response[0], bytes) and response[0].upper() in {b"NO", b"BAD", b"BYE"}
+
+
 def _status_differs(status: dict[bytes, int], listing: Listing) -> bool:
     if status.get(b"UIDVALIDITY") != listing.uidvalidity:
         return True
     if status.get(b"MESSAGES") != len(listing.messages):
         return True
-    if listing.uidnext is not None and status.get(b"UIDNEXT") != listing.uidnext:
+    if listing.uidnext is not None and b"UIDNEXT" in status and status[b"UIDNEXT"] != listing.uidnext:
         return True
     modseq = status.get(b"HIGHESTMODSEQ")
     return modseq is not None and listing.highestmodseq is not None and modseq != listing.highestmodseq

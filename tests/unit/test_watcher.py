@@ -55,3 +55,19 @@ def test_recreated_and_created_folders_are_reported():
     watcher.poll_once()
     assert "Archive" in changed
     assert folder_lists == [True]
+
+
+def test_changes_made_while_idle_was_away_are_reported_when_it_selects_again():
+    # IDLE reports only what happens while it listens: after a reconnect, or
+    # on moving back to a folder, what changed meanwhile must still be seen.
+    server, watcher, changed, _ = make()
+    watcher.select_and_compare(server.session(), "INBOX")
+    assert changed == []
+    del server.mailboxes["Archive"]
+    server.create("Archive")  # recreated while unwatched: UIDVALIDITY moves
+    server.add("Archive", b"Subject: b\r\n\r\n")  # same count, same UIDs
+    watcher.select_and_compare(server.session(), "Archive")
+    assert changed == ["Archive"]
+    server.add("INBOX", b"Subject: new\r\n\r\n")
+    watcher.select_and_compare(server.session(), "INBOX")
+    assert changed == ["Archive", "INBOX"]
