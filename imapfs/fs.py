@@ -170,10 +170,16 @@ class ImapFS(fuse.Operations):
 
     use_ns = True
 
-    def __init__(self, store: MailStore, *, read_only: bool = False,
+    def __init__(self, store: MailStore, *, read_only: bool = False, kernel_opens: bool = False,
                  on_init: Callable[[], None] | None = None, on_destroy: Callable[[], None] | None = None) -> None:
         self.store = store
         self.read_only = read_only
+        # Read-only mounts only: answer the first open (and flush) ENOSYS, so
+        # the kernel opens, reads from its page cache and closes files without
+        # any request to us. Every file then reads as if opened keep_cache.
+        # A read-write mount cannot: close(2) reports a failed APPEND only
+        # through FLUSH, and the kernel's no-flush switch is mount-wide.
+        self.kernel_opens = kernel_opens and read_only
         self._on_init = on_init
         self._on_destroy = on_destroy
         self._uid = os.getuid()
@@ -500,6 +506,13 @@ class ImapFS(fuse.Operations):
 
     @fuse_operation
     def open(self, path: str, fi: Any) -> int:
+        if self.kernel_opens:
+            # The kernel takes ENOSYS as "opens need no reply" and never sends
+            # OPEN or RELEASE again. Safe without per-open checks because a
+            # name holds the UID, so it never names other bytes unless the
+            # folder's UIDVALIDITY changes, and then (as when a size turns out
+            # wrong) the store has the kernel forget the name's pages.
+            raise refuse(errno.ENOSYS)
         writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND)
         target = self._resolve(path)
         if isinstance(target, DirNode):
@@ -547,6 +560,9 @@ class ImapFS(fuse.Operations):
 
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        if not fi.fh:  # opened by the kernel alone (kernel_opens): no handle, the path says it all
+            ref = self._message(path)
+            return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
         handle = self._handle(fi)
         if isinstance(handle, WriteHandle):
             with handle.new.lock:
@@ -672,6 +688,8 @@ class ImapFS(fuse.Operations):
     def flush(self, path: str, fi: Any) -> int:
         # close(2) waits for flush, not for release: an APPEND failure
         # reported here makes `cp` exit non-zero, as it must.
+        if self.kernel_opens:
+            raise refuse(errno.ENOSYS)  # nothing is written on this mount: the kernel stops sending FLUSH
         handle = self._handle(fi)
         if isinstance(handle, WriteHandle):
             self._append_if_dirty(handle.new)

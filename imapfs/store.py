@@ -335,10 +335,17 @@ class MailStore:
                 return {}
             return session.fetch(uids, ["BODY.PEEK[]"])
 
+        listing = self.listings.get(folder)
+        messages = listing.messages if listing is not None and listing.uidvalidity == uidvalidity else {}
         for uid, data in self.pool.run(work).items():
             body = data.get(b"BODY[]")
             if body:
                 self.bodies.put((folder, uidvalidity, uid), body)
+                meta = messages.get(uid)
+                if meta is not None and not meta.size_verified:
+                    # Correct a wrong RFC822.SIZE before the kernel reads the
+                    # file (it clamps its cached reads at the size it holds).
+                    self._learn_size(meta, len(body), folder)
 
     def _chunk(self, folder: str, uidvalidity: int, meta: MessageMeta, index: int) -> bytes:
         key = (folder, uidvalidity, meta.uid, index)

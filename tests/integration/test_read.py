@@ -46,10 +46,13 @@ def test_inbox_and_folders_are_directories(dovecot, mount):
     assert (m.path / "INBOX").is_dir()
 
 
-def test_bad_input_lists_under_unique_legal_names_and_reads_back_exactly(dovecot, fresh_folder, mount):
+@pytest.mark.parametrize("options", ["", "ro"], ids=["read-write", "read-only"])
+def test_bad_input_lists_under_unique_legal_names_and_reads_back_exactly(dovecot, fresh_folder, mount, options):
+    # Read-only mounts read through the kernel's page cache from the first
+    # byte (fast_open), so both kinds of mount must get every byte right.
     corpus = bad_input_messages()
     uid_to_raw = {dovecot.append(fresh_folder, raw): raw for _id, raw in corpus}
-    m = mount()
+    m = mount(options)
     files = eml_files(m.path / fresh_folder)
     assert len(files) == len(corpus)
     assert len({f.name for f in files}) == len(files)
@@ -160,6 +163,46 @@ def test_read_only_mount_refuses_every_write(dovecot, fresh_folder, mount, tmp_p
         assert done.returncode != 0, command
         assert "Read-only file system" in done.stderr.decode(), (command, done.stderr)
     assert len(eml_files(folder)) == 1
+
+
+def test_read_only_mount_rereads_without_asking_imapfs(dovecot, fresh_folder, mount):
+    # fast_open: on a read-only mount the kernel opens, reads from its page
+    # cache and closes a message read before without a single request to
+    # imapfs. Shown by stopping imapfs: a request would hang the reader.
+    raws = [message(f"reread {i}", f"body {i} " * 300) for i in range(5)]
+    for raw in raws:
+        dovecot.append(fresh_folder, raw)
+    m = mount("ro")
+    files = eml_files(m.path / fresh_folder)
+    first = {path: sh("cat", path).stdout for path in files}
+    assert sorted(first.values()) == sorted(raws)
+    os.kill(m.proc.pid, signal.SIGSTOP)
+    try:
+        for path, raw in first.items():
+            done = subprocess.run(["cat", path], capture_output=True, timeout=5)
+            assert done.returncode == 0 and done.stdout == raw, path.name
+        done = subprocess.run(["grep", "-l", "body 3", *files], capture_output=True, timeout=5)
+        assert done.stdout.decode().count(".eml") == 1
+    finally:
+        os.kill(m.proc.pid, signal.SIGCONT)
+    assert sh("cat", files[0]).stdout == first[files[0]]
+
+
+def test_read_write_mount_reads_through_imapfs_at_every_open(dovecot, fresh_folder, mount):
+    # The counterpart: on a read-write mount every open reaches imapfs (close
+    # must be able to report a failed APPEND), so a stopped imapfs stalls a
+    # reader. Keeps the test above honest: it is fast_open that passes it.
+    dovecot.append(fresh_folder, message("reread", "body " * 300))
+    m = mount()
+    path = eml_files(m.path / fresh_folder)[0]
+    sh("cat", path)
+    os.kill(m.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run(["cat", path], capture_output=True, timeout=2)
+    finally:
+        os.kill(m.proc.pid, signal.SIGCONT)
+    assert sh("cat", path).stdout.startswith(b"From:")
 
 
 def test_wrong_password_is_one_clear_line(mount):

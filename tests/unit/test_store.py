@@ -204,6 +204,25 @@ def test_sequential_scan_fetches_ahead_in_few_round_trips(server, store):
     assert len(fetched) == len(set(fetched)) == len(raws)  # nothing fetched twice, nothing extra
 
 
+def test_read_ahead_corrects_wrong_sizes_before_those_messages_are_read(server, store):
+    # On a read-only mount the kernel reads cached files without asking
+    # imapfs first, clamped at the size it was told: a misreported size must
+    # be corrected, and the kernel told, as soon as the body is in hand.
+    for i in range(40):
+        server.add("INBOX", msg(f"liar {i}", b"C" * (200 + i)), reported_size=100)
+    told: list[str] = []
+    store.on_names_changed = lambda folder, names: told.extend(names)
+    listing = store.listing("INBOX")
+    order = list(listing.messages)
+    read_all(store, listing, order[:10])  # a scan: the next messages are fetched ahead
+    store.readahead._executor.shutdown(wait=True)
+    ahead = [listing.messages[uid] for uid in order[10:] if listing.messages[uid].size_verified]
+    assert ahead, "the scan fetched nothing ahead"
+    for meta in ahead:
+        assert meta.size == len(server.mailboxes["INBOX"].messages[meta.uid].raw)
+        assert meta.filename in told
+
+
 def test_random_access_fetches_only_what_is_read(server, store):
     for i in range(100):
         server.add("INBOX", msg(f"rand {i}"))
