@@ -40,6 +40,7 @@ from imapfs.errors import (
     QuotaError,
     ServerUnavailable,
 )
+from imapfs.fetch_response import parse_fetch
 from imapfs.model import Folder, FolderStatus
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,9 @@ class Session:
             typ, data = imap._command_complete("FETCH", tag)
             self._client._checkok("fetch", typ, data)
             typ, data = imap._untagged_response(typ, data, "FETCH")
-            parsed = parse_fetch_response(data, self._client.normalise_times, False)
+            parsed = parse_fetch(data)
+            if parsed is None:  # anything the fast parser does not know: imapclient's, for the whole response
+                parsed = parse_fetch_response(data, self._client.normalise_times, False)
         return {int(values[b"UID"]): values for values in parsed.values() if b"UID" in values}
 
     def noop(self) -> None:
