@@ -242,7 +242,10 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     watcher: Watcher | None = None
 
     def start() -> None:
-        pool.warm_up(2)
+        # Every connection a scan will use, opened now in parallel: a grep -r
+        # right after mounting would otherwise have its first reads wait for
+        # read-ahead windows to finish their TLS handshakes and logins.
+        pool.warm_up(options.connections)
         watcher.start()
         report_ready()
 
