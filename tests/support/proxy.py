@@ -1,0 +1,96 @@
+"""A TLS proxy in front of the test Dovecot that misreports RFC822.SIZE.
+
+Some servers report an RFC822.SIZE that differs from the bytes BODY[]
+returns; Dovecot never does. This proxy makes it do so for tests: it ends
+the client's TLS with the test server's own certificate (so imapfs verifies
+it against the test CA as usual), speaks TLS to Dovecot, and rewrites every
+``RFC822.SIZE n`` the server sends to ``n - understate``. Everything else
+passes through unchanged. Server data is forwarded in whole lines, so a
+size is never split across two reads; message bodies must not contain the
+text ``RFC822.SIZE``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+
+
+class SizeLyingProxy:
+    def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path, understate: int) -> None:
+        self.upstream_port = upstream_port
+        self.understate = understate
+        self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
+        self._client_context = ssl.create_default_context(cafile=str(ca_file))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept_loop, name="size-lying-proxy", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client = self._server_context.wrap_socket(raw, server_side=True)
+            upstream = self._client_context.wrap_socket(
+                socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1")
+        except OSError:
+            raw.close()
+            return
+        with self._lock:
+            self._sockets += [client, upstream]
+        threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+        self._pump(upstream, client, True)
+
+    def _pump(self, source: socket.socket, target: socket.socket, rewrite: bool) -> None:
+        pending = b""
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not rewrite:
+                    target.sendall(data)
+                    continue
+                pending += data
+                cut = pending.rfind(b"\r\n") + 2
+                if cut < 2:
+                    continue
+                complete, pending = pending[:cut], pending[cut:]
+                target.sendall(_SIZE.sub(self._lie, complete))
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def _lie(self, match: re.Match[bytes]) -> bytes:
+        return b"RFC822.SIZE %d" % max(0, int(match.group(1)) - self.understate)
