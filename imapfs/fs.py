@@ -14,7 +14,6 @@ they wrote, while the message itself lists under its canonical name.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import itertools
@@ -45,6 +44,7 @@ from imapfs.errors import (
     ReadOnly,
     StaleMessage,
 )
+from imapfs.fusebind import KernelCache
 from imapfs.model import Folder, MessageMeta
 from imapfs.store import WHOLE_LIMIT, MailStore
 
@@ -197,8 +197,7 @@ class ImapFS(fuse.Operations):
         self._tree_source: list[Folder] | None = None
         self._tree = DirNode(folder=None)
         self.initialized = False  # set once the kernel has accepted the mount
-        self._fuse_handle: ctypes.c_void_p | None = None  # libfuse's struct fuse *, for invalidation
-        self._fuse_handle_lock = threading.Lock()  # guards _fuse_handle against destroy() mid-call
+        self._kernel_cache: KernelCache | None = None  # libfuse 3 only
         # (uidvalidity, uid) last opened at each path: the kernel may keep a
         # file's pages only while the same message is behind that path.
         self._opened_as: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=100_000)
@@ -213,9 +212,8 @@ class ImapFS(fuse.Operations):
         # Threads and sockets start here, after the process has daemonised.
         self.initialized = True
         context = fuse._libfuse.fuse_get_context()
-        if context and hasattr(fuse._libfuse, "fuse_invalidate_path"):
-            self._fuse_handle = ctypes.c_void_p(context.contents.fuse)
-        if self._fuse_handle is not None:
+        if context and KernelCache.available():
+            self._kernel_cache = KernelCache(context.contents.fuse)
             self._forgetter = threading.Thread(target=self._forget_loop, name="imapfs-invalidate", daemon=True)
             self._forgetter.start()
         self.store.on_names_changed = self.names_changed
@@ -245,11 +243,8 @@ class ImapFS(fuse.Operations):
         the notice. Without libfuse 3 this is skipped and the kernel's
         caches expire by attr_timeout/entry_timeout instead.
         """
-        with self._fuse_handle_lock:
-            if self._fuse_handle is None:
-                return
-            for path in paths:
-                fuse._libfuse.fuse_invalidate_path(self._fuse_handle, path.encode("utf-8", "surrogateescape"))
+        if self._kernel_cache is not None:
+            self._kernel_cache.forget(paths)
 
     def _folder_path(self, folder: str) -> str | None:
         try:
@@ -298,10 +293,10 @@ class ImapFS(fuse.Operations):
         self._kernel_forget(paths)
 
     def destroy(self, path: str) -> None:
-        # libfuse frees its struct fuse after this returns: no invalidation
-        # may start from now on (one still running is waited for).
-        with self._fuse_handle_lock:
-            self._fuse_handle = None
+        # libfuse frees its session after this returns: no invalidation may
+        # start from now on (one still running is waited for).
+        if self._kernel_cache is not None:
+            self._kernel_cache.close()
         self._forget_queue.put(None)
         if self._on_destroy:
             self._on_destroy()

@@ -21,6 +21,7 @@ ImapFUSE turns it off on a kernel without zero-message opens.
 from __future__ import annotations
 
 import ctypes
+import select
 import threading
 from typing import Any
 
@@ -130,4 +131,66 @@ def fill_stat(st: Any, attrs: dict[str, Any]) -> None:
     for name, spec in (("st_mtime", st.st_mtimespec), ("st_ctime", st.st_ctimespec), ("st_atime", st.st_atimespec)):
         spec.tv_sec, spec.tv_nsec = divmod(attrs[name], 1_000_000_000)
 
+
+class KernelCache:
+    """Tells the kernel to forget what it cached for a path (libfuse 3's
+    fuse_invalidate_path), and stays away from libfuse once it shuts down.
+
+    fuse_invalidate_path walks libfuse's node table, and at unmount
+    fuse_main frees that table in fuse_destroy *before* it calls the
+    filesystem's destroy(), so close() (from destroy) alone comes too late.
+    Before every call, three signs of a shutdown are checked, the earliest
+    first: the kernel has severed the connection (poll on /dev/fuse reports
+    an error: true from the moment of the unmount, long before libfuse
+    notices), the session's "exited" flag (a signal, or libfuse having
+    noticed; reset when its loop returns), and its /dev/fuse fd (-1 once
+    fuse_unmount ran, just before fuse_destroy). The first sign seen stops
+    it for good. The session itself lives until after destroy(), and
+    close() waits for a call in progress.
+    """
+
+    def __init__(self, fuse_handle: int) -> None:
+        lib = fuse._libfuse
+        lib.fuse_get_session.restype = ctypes.c_void_p
+        lib.fuse_get_session.argtypes = [ctypes.c_void_p]
+        lib.fuse_session_exited.restype = ctypes.c_int
+        lib.fuse_session_exited.argtypes = [ctypes.c_void_p]
+        lib.fuse_session_fd.restype = ctypes.c_int
+        lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
+        self._lib = lib
+        self._fuse: ctypes.c_void_p | None = ctypes.c_void_p(fuse_handle)
+        self._session = ctypes.c_void_p(lib.fuse_get_session(self._fuse))
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def available() -> bool:
+        lib = fuse._libfuse
+        return all(hasattr(lib, name) for name in ("fuse_invalidate_path", "fuse_get_session", "fuse_session_exited",
+                                                   "fuse_session_fd"))
+
+    def forget(self, paths: list[str]) -> None:
+        """Only from threads that serve no FUSE request: the kernel may wait
+        on a request in that directory before it applies the notice."""
+        with self._lock:
+            for path in paths:
+                if self._fuse is None:
+                    return
+                if self._shutting_down():
+                    self._fuse = None
+                    return
+                self._lib.fuse_invalidate_path(self._fuse, path.encode("utf-8", "surrogateescape"))
+
+    def _shutting_down(self) -> bool:
+        if self._lib.fuse_session_exited(self._session):
+            return True
+        fd = self._lib.fuse_session_fd(self._session)
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, 0)  # no events asked: only POLLERR/POLLHUP/POLLNVAL can come back
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        with self._lock:
+            self._fuse = None
 
