@@ -10,6 +10,7 @@ are not thread safe and FUSE calls us from many threads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import functools
@@ -249,21 +250,72 @@ class Session:
         flag updates, keyed by sequence number) are dropped: attributing
         them to a UID would be a guess.
         """
-        if not isinstance(uid_set, str):
-            uid_set = compact_uid_set(uid_set)
-        args = ["UID", "FETCH", uid_set, seq_to_parenstr_upper(items)]
-        if modifiers:
-            args.append(seq_to_parenstr_upper(modifiers))
-        with self._translating():
-            imap = self._client._imap
-            tag = imap._command(*args)
-            typ, data = imap._command_complete("FETCH", tag)
-            self._client._checkok("fetch", typ, data)
-            typ, data = imap._untagged_response(typ, data, "FETCH")
-            parsed = parse_fetch(data)
-            if parsed is None:  # anything the fast parser does not know: imapclient's, for the whole response
-                parsed = parse_fetch_response(data, self._client.normalise_times, False)
-        return {int(values[b"UID"]): values for values in parsed.values() if b"UID" in values}
+        results: list[dict[int, dict[bytes, Any]]] = []
+        self.fetch_each([uid_set], items, results.append, modifiers=modifiers)
+        return results[0]
+
+    def fetch_each(self, uid_sets: Iterable[str | list[int]], items: list[str],
+                   handle: Callable[[dict[int, dict[bytes, Any]]], None], *,
+                   modifiers: list[str] | None = None, ahead: int = 4) -> None:
+        """fetch() for each UID set in turn, handing each set's result to
+        handle(), with up to `ahead` commands on the wire at once.
+
+        A listing's batches then cost one round trip in all instead of one
+        each, and the server prepares the next batch while this one is
+        parsed. Servers may run such commands at once and interleave their
+        untagged answers (RFC 3501 5.5; Dovecot does), so answers are sorted
+        out by UID: when a command completes, every answer for its UIDs has
+        arrived, and answers for later sets wait for theirs. A set given as
+        a string ("1:*") can only be attributed alone, so such sets are sent
+        one at a time. If anything fails with commands still unanswered, the
+        connection is marked broken: their answers would otherwise be read
+        as the replies to later commands.
+        """
+        def command(uid_set: str | list[int]) -> tuple[str, list[int] | None]:
+            if isinstance(uid_set, str):
+                return imap._command(*args(uid_set)), None
+            return imap._command(*args(compact_uid_set(uid_set))), uid_set
+
+        def args(uid_set: str) -> list[str]:
+            parts = ["UID", "FETCH", uid_set, seq_to_parenstr_upper(items)]
+            if modifiers:
+                parts.append(seq_to_parenstr_upper(modifiers))
+            return parts
+
+        imap = self._client._imap
+        remaining = iter(uid_sets)
+        sent: collections.deque[tuple[str, list[int] | None]] = collections.deque()
+        arrived: dict[int, dict[bytes, Any]] = {}  # answers by UID, for sets not yet complete
+        try:
+            while True:
+                with self._translating():
+                    while len(sent) < max(1, ahead) and not (sent and sent[-1][1] is None):
+                        following = next(remaining, None)
+                        if following is None:
+                            break
+                        sent.append(command(following))
+                    if not sent:
+                        return
+                    tag, wanted = sent[0]
+                    typ, data = imap._command_complete("FETCH", tag)
+                    sent.popleft()
+                    self._client._checkok("fetch", typ, data)
+                    typ, data = imap._untagged_response(typ, data, "FETCH")
+                    parsed = parse_fetch(data)
+                    if parsed is None:  # anything the fast parser does not know: imapclient's, for all of it
+                        parsed = parse_fetch_response(data, self._client.normalise_times, False)
+                for values in parsed.values():
+                    if b"UID" in values:
+                        arrived.setdefault(int(values[b"UID"]), {}).update(values)
+                if wanted is None:
+                    result, arrived = arrived, {}
+                else:
+                    result = {uid: arrived.pop(uid) for uid in wanted if uid in arrived}
+                handle(result)
+        except BaseException:
+            if sent:
+                self.broken = True
+            raise
 
     def noop(self) -> None:
         with self._translating():

@@ -201,13 +201,16 @@ class MailStore:
         return present
 
     def _fetch_metadata(self, session: Session, listing: Listing, uids: list[int]) -> None:
-        """Metadata only, never bodies: batches of fetch_batch UIDs as compact sets."""
-        for start in range(0, len(uids), self.options.fetch_batch):
-            batch = uids[start:start + self.options.fetch_batch]
-            for uid, data in sorted(session.fetch(batch, METADATA_ITEMS).items()):
+        """Metadata only, never bodies: batches of fetch_batch UIDs as compact
+        sets, pipelined (the next batches are asked for while one is parsed)."""
+        def add(fetched: dict[int, dict[bytes, Any]]) -> None:
+            for uid, data in sorted(fetched.items()):
                 meta = _meta_from_fetch(uid, data)
                 if meta is not None:
                     listing.add(meta)
+
+        step = self.options.fetch_batch
+        session.fetch_each((uids[start:start + step] for start in range(0, len(uids), step)), METADATA_ITEMS, add)
 
     @staticmethod
     def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> None:

@@ -40,6 +40,19 @@ def test_messages_list_with_exact_size_mtime_and_bytes(dovecot, imap, fresh_fold
     assert all(b"\\Seen" not in m2["flags"] for m2 in server_messages(imap, fresh_folder).values())
 
 
+def test_a_listing_in_many_pipelined_batches_shows_every_message_once(dovecot, imap, fresh_folder, mount):
+    # fetch_batch=4 over 50 messages: 13 UID FETCH commands, four on the
+    # wire at a time, whose answers Dovecot interleaves.
+    sizes = {dovecot.append(fresh_folder, message(f"batch {i}", "y" * (7 * i))): None for i in range(50)}
+    for uid, data in server_messages(imap, fresh_folder).items():
+        sizes[uid] = len(data["body"])
+    m = mount("fetch_batch=4")
+    files = eml_files(m.path / fresh_folder)
+    shown = {int(p.name.rsplit("_", 1)[1].removesuffix(".eml")): p.stat().st_size for p in files}
+    assert shown == sizes
+    assert "incomplete metadata" not in m.log()
+
+
 def test_inbox_and_folders_are_directories(dovecot, mount):
     m = mount()
     top = sorted(os.listdir(m.path))

@@ -155,6 +155,12 @@ class FakeSession:
         self._log("UID SEARCH", "ALL")
         return sorted(self._box().messages)
 
+    def fetch_each(self, uid_sets: Any, items: list[str], handle: Any, *, modifiers: list[str] | None = None,
+                   ahead: int = 4) -> None:
+        # Pipelining changes when commands are sent, not what they return: one logged FETCH per set.
+        for uid_set in uid_sets:
+            handle(self.fetch(uid_set, items, modifiers))
+
     def fetch(self, uid_set: str | list[int], items: list[str], modifiers: list[str] | None = None
               ) -> dict[int, dict[bytes, Any]]:
         self._log("UID FETCH", uid_set if isinstance(uid_set, str) else list(uid_set), tuple(items),
