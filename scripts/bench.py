@@ -57,6 +57,10 @@ slow right one.
 
 Everything runs on loopback: a throwaway Dovecot (tests/support/dovecot.py) with
 TLS, seeded here with parallel MULTIAPPEND (LITERAL+) on several connections.
+``--latency-ms RTT`` puts a relay (tests/support/proxy.py) between the server
+and everything measured, imapfs and baselines alike, that delays every packet
+by RTT/2 each way: what a server across a network costs in round trips,
+which loopback hides.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ import argparse
 import base64
 import concurrent.futures
 import contextlib
+import copy
 import datetime as dt
 import errno
 import json
@@ -96,6 +101,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from imapfs.names import uid_from_filename  # noqa: E402
 from tests.support.dovecot import Dovecot, stop_dir  # noqa: E402
+from tests.support.proxy import DelayProxy  # noqa: E402
 
 #: Grep needle; the filler text is lower-case words, so it can only occur where it is put on purpose.
 TOKEN = "IMAPFS-BENCH-NEEDLE-7F3A"
@@ -767,6 +773,7 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
         f"- data set: {meta['dataset']}",
         f"- timings: median of {meta['repeat']} runs; page cache dropped before cold runs: {meta['drop']}",
         f"- imapfs mount options: `{meta['options']}`",
+        f"- network latency: {meta['latency']}",
         "",
         "| # | measure | imapfs | baseline | ratio | target | limit | verdict |",
         "|---|---|---|---|---|---|---|---|",
@@ -1053,6 +1060,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="mount points, logs, local copies (default: a temp dir, removed)")
     parser.add_argument("--mount-options", default="",
                         help="extra imapfs -o options for every mount, e.g. connections=8,body_cache_mb=512")
+    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="RTT",
+                        help="measure through a relay that adds this round-trip time, as a server across a network "
+                             "would (default 0: loopback as it is)")
     parser.add_argument("--strict", action="store_true", help="exit 3 if any measure fails its limit")
     # Internal: the floor filesystem's own process (FloorMount starts it).
     parser.add_argument("--serve-floor-fs", nargs=2, type=Path, metavar=("DATA", "MOUNTPOINT"), help=argparse.SUPPRESS)
@@ -1103,9 +1113,17 @@ def main(argv: list[str] | None = None) -> int:
     revision = imapfs_revision()  # before the run: the tree may change while it runs
     succeeded = False
     try:
-        with dovecot_server(args.keep) as server:
+        with contextlib.ExitStack() as stack, dovecot_server(args.keep) as server:
             seed(server, scale, log_line)
-            bench = Bench(server, scale, args.repeat, workdir, args.mount_options)
+            measured = server
+            if args.latency_ms:
+                # Everything measured (imapfs, the imapclient baselines, mbsync) reaches
+                # the server through the same delaying relay; seeding did not.
+                proxy = DelayProxy(server.imaps_port, args.latency_ms / 2)
+                stack.callback(proxy.close)
+                measured = copy.copy(server)
+                measured.imaps_port = proxy.port
+            bench = Bench(measured, scale, args.repeat, workdir, args.mount_options)
             rows: list[Row] = []
             for step in (bench.listing, bench.grep, bench.big):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
@@ -1136,6 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": str(args.repeat),
         "drop": "yes" if _drop_caches_works else "no (not permitted here; cold = fresh mount)",
         "options": f"ca_file=...{',' + args.mount_options if args.mount_options else ''}",
+        "latency": (f"{args.latency_ms:g} ms round trip added by a relay" if args.latency_ms
+                    else "none added (loopback)"),
     }
     text = markdown(rows, meta, notes)
     print(text)

@@ -1,4 +1,7 @@
-"""A TLS proxy in front of the test Dovecot that misreports RFC822.SIZE.
+"""Proxies in front of the test Dovecot: one that misreports RFC822.SIZE,
+one that adds network latency.
+
+SizeLyingProxy:
 
 Some servers report an RFC822.SIZE that differs from the bytes BODY[]
 returns; Dovecot never does. This proxy makes it do so for tests: it ends
@@ -12,10 +15,12 @@ text ``RFC822.SIZE``.
 
 from __future__ import annotations
 
+import queue
 import re
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
@@ -94,3 +99,67 @@ class SizeLyingProxy:
 
     def _lie(self, match: re.Match[bytes]) -> bytes:
         return b"RFC822.SIZE %d" % max(0, int(match.group(1)) - self.understate)
+
+
+class DelayProxy:
+    """A plain TCP relay to ``upstream_port`` that holds every chunk ``one_way_ms``
+    before passing it on, in both directions: a loopback server that behaves,
+    for round trips, like one across a network (RTT = 2 x one_way_ms). TLS
+    passes through untouched, end to end."""
+
+    def __init__(self, upstream_port: int, one_way_ms: float) -> None:
+        self.upstream_port = upstream_port
+        self.delay = one_way_ms / 1000
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept_loop, name="delay-proxy", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                if self._closed.is_set():
+                    return
+                continue
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._relay, args=(upstream, client), daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket) -> None:
+        held: queue.Queue[tuple[float, bytes]] = queue.Queue()
+        sender = threading.Thread(target=self._send_when_due, args=(held, target), daemon=True)
+        sender.start()
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            held.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    @staticmethod
+    def _send_when_due(held: queue.Queue[tuple[float, bytes]], target: socket.socket) -> None:
+        while True:
+            due, data = held.get()
+            if not data:
+                break
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            try:
+                target.sendall(data)
+            except OSError:
+                break
+        try:
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
