@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from imapfs.config import Account, Options
-from imapfs.errors import ImapFSError
+from imapfs.errors import ImapFSError, NotFound
 from imapfs.model import Folder, Listing
 from imapfs.pool import ConnectionPool, Session, connect
 
@@ -105,6 +105,16 @@ class Watcher:
                             return
                     self._idle_on(session, folder)
                     delay = 1.0
+                except NotFound:
+                    # Deleted elsewhere (the poll's LIST reports that). The
+                    # connection is fine: keep it, and look again with backoff
+                    # in case the folder is being recreated, unless another
+                    # folder comes into use meanwhile.
+                    log.debug("IDLE: %r does not exist (now); looking again in %.0f s", folder, delay)
+                    self._wanted_changed.clear()
+                    if self._current_wanted() == folder:
+                        self._wanted_changed.wait(timeout=delay)
+                    delay = min(delay * 2, 30.0)
                 except ImapFSError as exc:
                     log.info("IDLE on %r stopped (%s); trying again in %.0f s", folder, exc, delay)
                     if session is not None:

@@ -70,6 +70,26 @@ def test_folders_created_and_deleted_elsewhere_show(dovecot, fresh_folder, mount
     assert wait_for(lambda: not (m.path / fresh_folder / "born-elsewhere").exists(), timeout=10)
 
 
+def test_a_watched_folder_deleted_elsewhere_does_not_stall_idle(dovecot, fresh_folder, mount):
+    # The IDLE connection is on fresh_folder when another client deletes it
+    # (Dovecot then hangs up on it). imapfs must not keep retrying the
+    # missing folder with growing pauses, deaf to the folder used next: that
+    # one's new mail shows within seconds, and the log has no retry noise.
+    other = f"{fresh_folder}-next"
+    dovecot.create_folder(other)
+    dovecot.append(fresh_folder, message("about to vanish"))
+    m = mount()
+    assert len(names_in(m.path / fresh_folder)) == 1
+    time.sleep(1.5)  # IDLE settles on fresh_folder
+    dovecot.delete_folder(fresh_folder)
+    assert wait_for(lambda: not (m.path / fresh_folder).exists(), timeout=15)
+    names_in(m.path / other)  # IDLE moves here
+    time.sleep(1.5)
+    uid = dovecot.append(other, message("seen by IDLE"))
+    assert wait_for(lambda: any(n.endswith(f"_{uid}.eml") for n in names_in(m.path / other)), timeout=5)
+    assert "doesn't exist" not in m.log(), m.log()
+
+
 @pytest.mark.parametrize("options", ["", "ro"], ids=["read-write", "read-only"])
 def test_recreated_folder_never_serves_the_old_bytes(dovecot, fresh_folder, mount, options):
     # Read-only mounts let the kernel reuse a name's cached pages without
