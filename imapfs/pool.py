@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 import imapclient
 from imapclient import exceptions as imapexc
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
-from imapclient.response_parser import parse_fetch_response
 
 from imapfs.config import Account, Options
 from imapfs.errors import (
@@ -41,7 +40,7 @@ from imapfs.errors import (
     QuotaError,
     ServerUnavailable,
 )
-from imapfs.fetch_response import parse_fetch
+from imapfs.fetch_response import parse_responses
 from imapfs.model import Folder, FolderStatus
 
 log = logging.getLogger(__name__)
@@ -301,10 +300,10 @@ class Session:
                     sent.popleft()
                     self._client._checkok("fetch", typ, data)
                     typ, data = imap._untagged_response(typ, data, "FETCH")
-                    parsed = parse_fetch(data)
-                    if parsed is None:  # anything the fast parser does not know: imapclient's, for all of it
-                        parsed = parse_fetch_response(data, self._client.normalise_times, False)
-                for values in parsed.values():
+                    # One dict per response, never merged by sequence number:
+                    # an EXPUNGE between pipelined commands renumbers messages.
+                    parsed = parse_responses(data)
+                for values in parsed:
                     if b"UID" in values:
                         arrived.setdefault(int(values[b"UID"]), {}).update(values)
                 if wanted is None:
