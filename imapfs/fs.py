@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import heapq
 import itertools
 import logging
 import os
@@ -59,6 +60,8 @@ XATTR_UIDVALIDITY = "user.imap.uidvalidity"
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 # How long the name a file was written under keeps resolving after its APPEND.
 ALIAS_SECONDS = 300
+# How long after a READ found a message shorter than its RFC822.SIZE the kernel is told (see size_corrected).
+SHRINK_NOTICE_SECONDS = 1.0
 # Bytes of a message being written kept in memory before spilling to a temp file.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
@@ -204,7 +207,8 @@ class ImapFS(fuse.Operations):
         # (uidvalidity, uid, size) last told to the kernel for each message
         # path: reads may go through the page cache only while it is right.
         self._told: LRUCache[str, tuple[int, int, int]] = LRUCache(maxsize=200_000)
-        self._forget_queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        # (when, paths) for the kernel to forget, from time.monotonic() on; None ends the forgetter.
+        self._forget_queue: queue.SimpleQueue[tuple[float, list[str]] | None] = queue.SimpleQueue()
         self._forgetter: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------
@@ -217,23 +221,51 @@ class ImapFS(fuse.Operations):
             self._forgetter = threading.Thread(target=self._forget_loop, name="imapfs-invalidate", daemon=True)
             self._forgetter.start()
         self.store.on_names_changed = self.names_changed
+        self.store.on_size_corrected = self.size_corrected
         if self._on_init:
             self._on_init()
 
     # --- changes made elsewhere -------------------------------------------
     def _forget_loop(self) -> None:
-        while (paths := self._forget_queue.get()) is not None:
+        waiting: list[tuple[float, int, list[str]]] = []  # heap of notices due later
+        order = itertools.count()
+        while True:
+            timeout = max(0.0, waiting[0][0] - time.monotonic()) if waiting else None
             try:
-                self._kernel_forget(paths)
-            except Exception:
-                log.exception("kernel invalidation failed")
+                item = self._forget_queue.get(timeout=timeout)
+            except queue.Empty:
+                item = (0.0, [])
+            if item is None:
+                return
+            due, paths = item
+            if paths:
+                heapq.heappush(waiting, (due, next(order), paths))
+            while waiting and waiting[0][0] <= time.monotonic():
+                try:
+                    self._kernel_forget(heapq.heappop(waiting)[2])
+                except Exception:
+                    log.exception("kernel invalidation failed")
 
     def names_changed(self, folder: str, filenames: list[str]) -> None:
         """The store learnt that the kernel may hold wrong attributes for these
         names. Called from FUSE threads, so the kernel is told from another."""
         directory = self._folder_path(folder)
         if directory is not None and self._forgetter is not None:
-            self._forget_queue.put([f"{directory}/{name}" for name in filenames])
+            self._forget_queue.put((0.0, [f"{directory}/{name}" for name in filenames]))
+
+    def size_corrected(self, folder: str, filename: str, grew: bool) -> None:
+        """A message's real length is not its RFC822.SIZE (the store just
+        found out). The kernel must hear of it, but on a kernel_opens mount
+        a shrink is told late: the kernel shrinks the file itself from the
+        short reply to the READ that found out, and a notice racing that
+        reply stops it doing so (the attribute version moved) and leaves the
+        page's zero fill visible as NUL bytes. Told a moment later, the notice
+        still corrects the size of a file the kernel has not read yet."""
+        directory = self._folder_path(folder)
+        if directory is None or self._forgetter is None:
+            return
+        later = 0.0 if grew or not self.kernel_opens else time.monotonic() + SHRINK_NOTICE_SECONDS
+        self._forget_queue.put((later, [f"{directory}/{filename}"]))
 
     def _kernel_forget(self, paths: list[str]) -> None:
         """Make the kernel drop cached names, attributes and pages for paths.

@@ -68,6 +68,9 @@ class MailStore:
         # Called with (folder, file names) whose attributes the kernel may hold
         # wrongly now: the folder was recreated, or a size proved wrong.
         self.on_names_changed: Callable[[str, list[str]], None] | None = None
+        # (folder, filename, grew): a message's real length differs from its
+        # RFC822.SIZE. Without it, on_names_changed hears of it.
+        self.on_size_corrected: Callable[[str, str, bool], None] | None = None
         # Moves on whenever a shown size is corrected, so views built from
         # listings (directory entries with attributes) know to rebuild.
         self.size_epoch = 0
@@ -291,6 +294,8 @@ class MailStore:
             position += len(piece)
             if len(chunk) < CHUNK_SIZE:
                 break  # the message ends inside this chunk
+        if not meta.size_verified and end >= meta.size:
+            self._find_real_end(folder, uidvalidity, meta)
         return b"".join(pieces)
 
     def body(self, folder: str, uidvalidity: int, meta: MessageMeta) -> bytes:
@@ -383,11 +388,26 @@ class MailStore:
         if meta.size != real_size:
             log.warning("server said UID %d has %d bytes, it has %d; showing the real size",
                         meta.uid, meta.size, real_size)
+            grew = real_size > meta.size
             meta.size = real_size
             self.size_epoch += 1
             if folder is not None:
-                self._names_changed(folder, [meta.filename])
+                if self.on_size_corrected is not None:
+                    self.on_size_corrected(folder, meta.filename, grew)
+                else:
+                    self._names_changed(folder, [meta.filename])
         meta.size_verified = True
+
+    def _find_real_end(self, folder: str, uidvalidity: int, meta: MessageMeta) -> None:
+        """A large message read up to its reported end: read on until a chunk
+        comes back short, so that an RFC822.SIZE that was too small gets
+        corrected. A reader that trusts the reported size (the kernel's page
+        cache does) would never ask for the bytes past it."""
+        index = meta.size // CHUNK_SIZE
+        while not meta.size_verified:
+            if len(self._chunk(folder, uidvalidity, meta, index)) < CHUNK_SIZE:
+                break
+            index += 1
 
     def _names_changed(self, folder: str, filenames: list[str]) -> None:
         if self.on_names_changed is not None and filenames:

@@ -123,6 +123,22 @@ def test_wrong_rfc822_size_is_corrected_on_read(server, store):
     assert meta.size == len(raw) and meta.size_verified
 
 
+def test_large_message_read_to_a_too_small_reported_end_learns_its_real_end(server, store):
+    # The kernel's page cache never reads past the size it was told: reading
+    # up to the reported end must be enough to find the real one.
+    raw = msg("big liar", b"L" * (12 * CHUNK_SIZE + 100))
+    server.add("INBOX", raw, reported_size=12 * CHUNK_SIZE - 200)
+    corrected: list[tuple[str, bool]] = []
+    store.on_size_corrected = lambda folder, name, grew: corrected.append((name, grew))
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    reported = meta.size
+    for offset in range(0, reported, CHUNK_SIZE):
+        assert store.read("INBOX", listing.uidvalidity, meta, offset, CHUNK_SIZE) == raw[offset:offset + CHUNK_SIZE]
+    assert meta.size == len(raw) and meta.size_verified
+    assert corrected == [(meta.filename, True)]
+
+
 def test_large_message_is_read_in_chunks_across_boundaries(server, store):
     raw = msg("big", bytes(range(256)) * ((WHOLE_LIMIT + 3 * CHUNK_SIZE) // 256 + 7))
     server.add("INBOX", raw)
