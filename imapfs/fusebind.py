@@ -21,6 +21,7 @@ ImapFUSE turns it off on a kernel without zero-message opens.
 from __future__ import annotations
 
 import ctypes
+import os
 import select
 import threading
 from typing import Any
@@ -36,6 +37,11 @@ _PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
 _PyGILState_Ensure.restype = ctypes.c_int
 _PyGILState_Ensure.argtypes = []
 _thread_state = threading.local()
+# Only where libfuse's worker threads live as long as the mount: libfuse 3.12+
+# caps them (max_threads, 10 by default) and imapfs keeps up to 10 idle
+# (max_idle_threads), so none ever exits. Older libfuse ends idle workers and
+# starts new ones in bursts: each would leave its kept thread state behind.
+KEEP_THREAD_STATES = (fuse.fuse_version_major, fuse.fuse_version_minor) >= (3, 12)
 
 
 def keep_thread_state() -> None:
@@ -44,11 +50,10 @@ def keep_thread_state() -> None:
     A ctypes callback on a thread Python did not start wraps the call in
     PyGILState_Ensure/Release, which creates a thread state and deletes it
     again (with its thread-locals and frame stack) when the count drops to
-    zero. One Ensure never released keeps it alive for the thread's life.
-    libfuse's worker threads are few (max_threads, 10 by default, and they
-    stay while max_idle_threads allows), so at most a few states stay
-    allocated. The threading.local lookup is itself only stable once the
-    state is kept, which makes it the "done already" test.
+    zero. One Ensure never released keeps it alive for the thread's life
+    (see KEEP_THREAD_STATES for when that is bounded). The threading.local
+    lookup is itself only stable once the state is kept, which makes it the
+    "done already" test.
     """
     if not getattr(_thread_state, "kept", False):
         _PyGILState_Ensure()
@@ -65,7 +70,8 @@ class ImapFUSE(fuse.FUSE):
     """
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        keep_thread_state()
+        if KEEP_THREAD_STATES:
+            keep_thread_state()
         return super()._wrapper(func, *args, **kwargs)
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
@@ -144,8 +150,9 @@ class KernelCache:
     an error: true from the moment of the unmount, long before libfuse
     notices), the session's "exited" flag (a signal, or libfuse having
     noticed; reset when its loop returns), and its /dev/fuse fd (-1 once
-    fuse_unmount ran, just before fuse_destroy). The first sign seen stops
-    it for good. The session itself lives until after destroy(), and
+    fuse_unmount ran, just before fuse_destroy; and checked to still be
+    /dev/fuse, because fuse_unmount closes it before marking it -1 and the
+    number may be reused meanwhile). The first sign seen stops it for good. The session itself lives until after destroy(), and
     close() waits for a call in progress.
     """
 
@@ -161,6 +168,9 @@ class KernelCache:
         self._fuse: ctypes.c_void_p | None = ctypes.c_void_p(fuse_handle)
         self._session = ctypes.c_void_p(lib.fuse_get_session(self._fuse))
         self._lock = threading.Lock()
+        # The /dev/fuse device: an fd number reused by a socket after
+        # fuse_unmount closed it (before it marks the fd gone) is not it.
+        self._device = os.fstat(lib.fuse_session_fd(self._session)).st_rdev
 
     @staticmethod
     def available() -> bool:
@@ -185,6 +195,11 @@ class KernelCache:
             return True
         fd = self._lib.fuse_session_fd(self._session)
         if fd < 0:
+            return True
+        try:
+            if os.fstat(fd).st_rdev != self._device:
+                return True
+        except OSError:
             return True
         poller = select.poll()
         poller.register(fd, 0)  # no events asked: only POLLERR/POLLHUP/POLLNVAL can come back
