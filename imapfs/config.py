@@ -34,8 +34,8 @@ class Options:
 
     ro: bool = _opt(False, "read-only mount: every write fails with EROFS")
     fast_open: bool = _opt(True, "with ro: the kernel opens, reads (from its page cache) and closes messages "
-                           "without asking imapfs, so a warm grep -r runs at local speed; a size the server "
-                           "misreports then shows truncated until the message is first read")
+                           "without asking imapfs, so a warm grep -r runs at near-local speed; a message whose "
+                           "size the server understates may then read short once, until imapfs corrects it")
     ca_file: str | None = _opt(None, "PEM file of CA certificates to trust instead of the system store")
     password_command: str | None = _opt(None, "shell command whose first output line is the password")
     insecure_plaintext: bool = _opt(False, "allow imap:// without STARTTLS (password sent in clear)")

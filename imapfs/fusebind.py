@@ -152,8 +152,9 @@ class KernelCache:
     noticed; reset when its loop returns), and its /dev/fuse fd (-1 once
     fuse_unmount ran, just before fuse_destroy; and checked to still be
     /dev/fuse, because fuse_unmount closes it before marking it -1 and the
-    number may be reused meanwhile). The first sign seen stops it for good. The session itself lives until after destroy(), and
-    close() waits for a call in progress.
+    number may be reused meanwhile). The first sign seen stops it for good.
+    The session itself lives until after destroy(), and close() waits for
+    a call in progress.
     """
 
     def __init__(self, fuse_handle: int) -> None:
