@@ -171,7 +171,10 @@ class KernelCache:
         self._lock = threading.Lock()
         # The /dev/fuse device: an fd number reused by a socket after
         # fuse_unmount closed it (before it marks the fd gone) is not it.
-        self._device = os.fstat(lib.fuse_session_fd(self._session)).st_rdev
+        try:
+            self._device: int | None = os.fstat(lib.fuse_session_fd(self._session)).st_rdev
+        except OSError:
+            self._device = None  # not seen: skip that one check rather than fail the mount
 
     @staticmethod
     def available() -> bool:
@@ -198,7 +201,7 @@ class KernelCache:
         if fd < 0:
             return True
         try:
-            if os.fstat(fd).st_rdev != self._device:
+            if self._device is not None and os.fstat(fd).st_rdev != self._device:
                 return True
         except OSError:
             return True
