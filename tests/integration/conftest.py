@@ -168,7 +168,7 @@ def fresh_folder(dovecot: Dovecot, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def mount(dovecot: Dovecot, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MountFactory]:
-    """Factory that mounts the real CLI: ``mount(*options, url=, password=, expect_fail=, foreground=)``.
+    """Factory that mounts the real CLI: ``mount(*options, url=, password=, expect_fail=, foreground=, mountpoint=)``.
 
     ``options`` are ``-o`` items (``"ro"``, ``"connections=2"``); ``ca_file=<the test CA>``
     is added unless an option or the ``ca_file`` keyword (None: omit) says otherwise.
@@ -189,9 +189,11 @@ def mount(dovecot: Dovecot, tmp_path: Path, request: pytest.FixtureRequest) -> I
         ca_file: Path | str | None | object = _DEFAULT,
         env: dict[str, str] | None = None,
         allow_traceback: bool = False,
+        mountpoint: Path | None = None,
     ) -> Mount | FailedMount:
         number = len(started)
-        mountpoint = tmp_path / f"mnt{number}"
+        if mountpoint is None:
+            mountpoint = tmp_path / f"mnt{number}"
         mountpoint.mkdir()
         log_file = tmp_path / f"imapfs{number}.log"
 

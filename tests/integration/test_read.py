@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -180,15 +182,16 @@ def test_read_only_mount_refuses_every_write(dovecot, fresh_folder, mount, tmp_p
 
 
 def message_of_size(subject: str, size: int) -> bytes:
-    line = "0123456789 a long message, read in chunks of 128 KiB\r\n"
-    body = ""
-    raw = message(subject, body)
-    for _ in range(20):  # the Message-ID's length depends on the body: converge
-        if len(raw) == size:
-            return raw
-        body = (line * (size // len(line) + 1))[:len(body) + size - len(raw)]
-        raw = message(subject, body)
-    raise AssertionError(f"could not make a {size}-byte message")
+    """A message of exactly size bytes (a fixed header, the body padded)."""
+    head = (f"From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: {subject}\r\n"
+            f"Date: Tue, 05 Mar 2024 14:32:00 +0000\r\nMessage-ID: <{subject.replace(' ', '-')}@example.org>\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").encode()
+    need = size - len(head)
+    lines, rest = divmod(need, 80)  # lines of 78 characters and CRLF, then a shorter one
+    if rest == 1:
+        lines, rest = lines - 1, 81
+    body = b"x" * 78 + b"\r\n"
+    return head + body * lines + (b"y" * (rest - 2) + b"\r\n" if rest else b"")
 
 
 @pytest.mark.parametrize("lie", [300, -300], ids=["size-too-small", "size-too-large"])
@@ -270,6 +273,35 @@ def test_read_write_mount_reads_through_imapfs_at_every_open(dovecot, fresh_fold
     finally:
         os.kill(m.proc.pid, signal.SIGCONT)
     assert sh("cat", path).stdout.startswith(b"From:")
+
+
+def test_allow_other_lets_other_users_read_and_nothing_else_does(dovecot, fresh_folder, mount):
+    # FUSE keeps other users out of a mount unless it is made with
+    # allow_other. Checked as user nobody, on mount points nobody can reach
+    # (pytest's own temp dirs are private to root).
+    raw = message("for everyone", "shared")
+    dovecot.append(fresh_folder, raw)
+    base = Path(tempfile.mkdtemp(prefix="imapfs-allow-other-"))
+    base.chmod(0o755)
+    as_nobody = ["runuser", "-u", "nobody", "--"]
+    mounts = []
+    try:
+        mounts.append(private := mount(mountpoint=base / "private"))
+        mounts.append(shared := mount("allow_other", mountpoint=base / "shared"))
+        name = eml_files(shared.path / fresh_folder)[0].name
+        done = subprocess.run([*as_nobody, "cat", str(shared.path / fresh_folder / name)], capture_output=True)
+        assert (done.returncode, done.stdout) == (0, raw), done.stderr
+        done = subprocess.run([*as_nobody, "ls", str(private.path)], capture_output=True)
+        assert done.returncode != 0 and b"Permission denied" in done.stderr
+        done = subprocess.run([*as_nobody, "cat", str(private.path / fresh_folder / name)], capture_output=True)
+        assert done.returncode != 0 and done.stdout == b""
+    finally:
+        for m in mounts:
+            if is_mounted(m.path):
+                m.unmount()
+        for mountpoint in base.iterdir():
+            mountpoint.rmdir()  # rmdir, never rmtree: it must not reach into a mount
+        base.rmdir()
 
 
 def test_wrong_password_is_one_clear_line(mount):
