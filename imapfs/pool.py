@@ -90,7 +90,7 @@ def translate(exc: BaseException, account: Account | None = None) -> ImapFSError
         if "[OVERQUOTA]" in upper or "QUOTA" in upper:
             return QuotaError(text)
         if "[NONEXISTENT]" in upper or "[EXPUNGEISSUED]" in upper or "DOESN'T EXIST" in upper \
-                or "NO SUCH" in upper:
+                or "NO SUCH" in upper or "DELETED UNDER US" in upper:  # the last: Dovecot, folder deleted meanwhile
             return NotFound(text)
         if "[ALREADYEXISTS]" in upper or "ALREADY EXISTS" in upper:
             return AlreadyExists(text)

@@ -174,6 +174,10 @@ class Watcher:
     def _report(self, folder: str) -> None:
         try:
             self._folder_changed(folder)
+        except ImapFSError as exc:
+            # The server moved on again meanwhile (the folder went away, the
+            # connection dropped): the next notice or poll tries again.
+            log.info("could not apply a change in %r: %s", folder, exc)
         except Exception:
             log.exception("could not apply a change in %r", folder)
 
