@@ -249,9 +249,13 @@ class ImapFS(fuse.Operations):
     def names_changed(self, folder: str, filenames: list[str]) -> None:
         """The store learnt that the kernel may hold wrong attributes for these
         names. Called from FUSE threads, so the kernel is told from another."""
+        self._forget_later(folder, filenames, 0.0)
+
+    def _forget_later(self, folder: str, filenames: list[str], due: float) -> None:
+        """Queue names of folder for the forgetter thread, to be told at time.monotonic() == due."""
         directory = self._folder_path(folder)
         if directory is not None and self._forgetter is not None:
-            self._forget_queue.put((0.0, [f"{directory}/{name}" for name in filenames]))
+            self._forget_queue.put((due, [f"{directory}/{name}" for name in filenames]))
 
     def size_corrected(self, folder: str, filename: str, grew: bool) -> None:
         """A message's real length is not its RFC822.SIZE (the store just
@@ -261,11 +265,8 @@ class ImapFS(fuse.Operations):
         reply stops it doing so (the attribute version moved) and leaves the
         page's zero fill visible as NUL bytes. Told a moment later, the notice
         still corrects the size of a file the kernel has not read yet."""
-        directory = self._folder_path(folder)
-        if directory is None or self._forgetter is None:
-            return
         later = 0.0 if grew or not self.kernel_opens else time.monotonic() + SHRINK_NOTICE_SECONDS
-        self._forget_queue.put((later, [f"{directory}/{filename}"]))
+        self._forget_later(folder, [filename], later)
 
     def _kernel_forget(self, paths: list[str]) -> None:
         """Make the kernel drop cached names, attributes and pages for paths.
@@ -421,8 +422,9 @@ class ImapFS(fuse.Operations):
         if isinstance(target, Alias):
             return self._stat(0o444, target.size, target.mtime_ns)
         meta = target.meta
-        with self._state_lock:
-            self._told[path] = (target.uidvalidity, meta.uid, meta.size)
+        if not self.kernel_opens:  # only open() reads _told, and it never runs then
+            with self._state_lock:
+                self._told[path] = (target.uidvalidity, meta.uid, meta.size)
         return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
 
     def _dir_stat(self, node: DirNode) -> dict[str, Any]:
@@ -494,7 +496,7 @@ class ImapFS(fuse.Operations):
             entries.extend((meta.filename, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0)
                            for meta in listing.messages.values() if meta.filename not in node.children)
             with self._state_lock:
-                if plus:
+                if plus and not self.kernel_opens:  # only open() reads _told
                     prefix = path.rstrip("/") + "/"
                     for meta in listing.messages.values():
                         self._told[prefix + meta.filename] = (listing.uidvalidity, meta.uid, meta.size)

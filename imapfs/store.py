@@ -68,8 +68,7 @@ class MailStore:
         # Called with (folder, file names) whose attributes the kernel may hold
         # wrongly now: the folder was recreated, or a size proved wrong.
         self.on_names_changed: Callable[[str, list[str]], None] | None = None
-        # (folder, filename, grew): a message's real length differs from its
-        # RFC822.SIZE. Without it, on_names_changed hears of it.
+        # (folder, filename, grew): a message's real length differs from its RFC822.SIZE.
         self.on_size_corrected: Callable[[str, str, bool], None] | None = None
         # Moves on whenever a shown size is corrected, so views built from
         # listings (directory entries with attributes) know to rebuild.
@@ -391,11 +390,8 @@ class MailStore:
             grew = real_size > meta.size
             meta.size = real_size
             self.size_epoch += 1
-            if folder is not None:
-                if self.on_size_corrected is not None:
-                    self.on_size_corrected(folder, meta.filename, grew)
-                else:
-                    self._names_changed(folder, [meta.filename])
+            if folder is not None and self.on_size_corrected is not None:
+                self.on_size_corrected(folder, meta.filename, grew)
         meta.size_verified = True
 
     def _find_real_end(self, folder: str, uidvalidity: int, meta: MessageMeta) -> None:

@@ -227,7 +227,7 @@ def test_read_ahead_corrects_wrong_sizes_before_those_messages_are_read(server, 
     for i in range(40):
         server.add("INBOX", msg(f"liar {i}", b"C" * (200 + i)), reported_size=100)
     told: list[str] = []
-    store.on_names_changed = lambda folder, names: told.extend(names)
+    store.on_size_corrected = lambda folder, name, grew: told.append(name)
     listing = store.listing("INBOX")
     order = list(listing.messages)
     read_all(store, listing, order[:10])  # a scan: the next messages are fetched ahead
