@@ -42,7 +42,8 @@ class Options:
     connections: int = _opt(4, "maximum IMAP connections for file operations (plus one that watches with IDLE)",
                             minimum=1)
     debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords are never logged)")
-    allow_other: bool = _opt(False, "let other users access the mount (needs user_allow_other)")
+    allow_other: bool = _opt(False, "let other users read the mount (needs user_allow_other); only the user "
+                             "who mounted it may change mail")
     log_file: str | None = _opt(None, "write the log here (default: stderr in -f, syslog otherwise)")
     timeout: float = _opt(20.0, "seconds before an unanswered IMAP command counts as a dead connection",
                           minimum=1)
@@ -60,8 +61,15 @@ class Options:
                                "watcher are pushed to the kernel at once with libfuse 3)", minimum=0)
     entry_timeout: float = _opt(30.0, "seconds the kernel may cache name lookups", minimum=0)
     negative_timeout: float = _opt(2.0, "seconds the kernel may cache 'no such file'", minimum=0)
+    spool_dir: str | None = _opt(None, "directory where a file being copied in waits for its APPEND, in an "
+                                 "already deleted file that nothing leaves behind (default: $TMPDIR, else "
+                                 "/var/tmp, which is on disk where /tmp may be memory)")
     delete: str = _opt("trash", "what rm does: 'trash' moves to Trash, 'expunge' deletes at once",
                        choices=("trash", "expunge"))
+
+    @property
+    def spool_directory(self) -> str:
+        return self.spool_dir or os.environ.get("TMPDIR") or "/var/tmp"
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

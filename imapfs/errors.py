@@ -10,6 +10,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     │   ├── CertificateError     TLS certificate verification failed
     │   ├── AuthenticationError  the server refused the login
     │   └── ServerUnavailable    connection refused, timed out, DNS, dropped
+    │       └── WriteUncertain   dropped after a write was sent whole: done or not, nobody knows
     ├── ProtocolError            the server answered NO/BAD or something unparsable
     │   └── QuotaError           the server refused a write for quota (OVERQUOTA)
     ├── NotFound                 no such folder or message
@@ -18,6 +19,8 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── NotEmpty                 folder still holds messages or children
     ├── InvalidMessage           bytes written are not an RFC 5322 message
     ├── ReadOnly                 the mount (or the object) does not accept writes
+    ├── Busy                     another program is writing that file
+    ├── Refused                  imapfs will not do this, to keep mail safe
     └── NotSupported             the operation has no meaning for mail
 """
 
@@ -46,6 +49,11 @@ class AuthenticationError(ConnectError):
 
 class ServerUnavailable(ConnectError):
     """The server cannot be reached, or the connection dropped."""
+
+
+class WriteUncertain(ServerUnavailable):
+    """The connection failed after a write was sent completely, before the
+    server's answer: it may or may not have been carried out. Never retried."""
 
 
 class ProtocolError(ImapFSError):
@@ -78,6 +86,14 @@ class InvalidMessage(ImapFSError):
 
 class ReadOnly(ImapFSError):
     """The mount, or the object, does not accept writes."""
+
+
+class Busy(ImapFSError):
+    """Another program is writing that file right now."""
+
+
+class Refused(ImapFSError):
+    """imapfs will not do this: it could lose or destroy mail."""
 
 
 class NotSupported(ImapFSError):

@@ -22,7 +22,6 @@ import logging
 import os
 import queue
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,9 +31,10 @@ from typing import Any, TypeVar
 import mfusepy as fuse
 from cachetools import LRUCache, TTLCache
 
-from imapfs import names, rfc5322
+from imapfs import callers, names, rfc5322
 from imapfs.errors import (
     AlreadyExists,
+    Busy,
     ConnectError,
     ImapFSError,
     InvalidMessage,
@@ -43,10 +43,12 @@ from imapfs.errors import (
     NotSupported,
     QuotaError,
     ReadOnly,
+    Refused,
     StaleMessage,
 )
 from imapfs.fusebind import KernelCache
 from imapfs.model import Folder, MessageMeta
+from imapfs.spool import Spool
 from imapfs.store import WHOLE_LIMIT, MailStore
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,6 @@ ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 ALIAS_SECONDS = 300
 # How long after a READ found a message shorter than its RFC822.SIZE the kernel is told (see size_corrected).
 SHRINK_NOTICE_SECONDS = 1.0
-# Bytes of a message being written kept in memory before spilling to a temp file.
-SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 def errno_for(exc: BaseException) -> int:
@@ -72,6 +72,8 @@ def errno_for(exc: BaseException) -> int:
         (StaleMessage, errno.ESTALE),
         (NotFound, errno.ENOENT),
         (ReadOnly, errno.EROFS),
+        (Busy, errno.EBUSY),
+        (Refused, errno.EPERM),
         (AlreadyExists, errno.EEXIST),
         (NotEmpty, errno.ENOTEMPTY),
         (InvalidMessage, errno.EINVAL),
@@ -113,6 +115,15 @@ def refuse(number: int) -> fuse.FuseOSError:
     return fuse.FuseOSError(number)
 
 
+def callers_context() -> tuple[int, int, int] | None:
+    """(uid, gid, pid) of the process behind the current FUSE request, or
+    None outside one (the kernel's own requests have pid 0)."""
+    try:
+        return fuse.fuse_get_context()
+    except (ValueError, AttributeError):  # no FUSE context on this thread
+        return None
+
+
 @dataclass
 class DirNode:
     """A directory: an IMAP folder, or a parent that exists only as a path level."""
@@ -132,19 +143,26 @@ class MessageRef:
 
 @dataclass
 class NewFile:
-    """A file being written into a folder; APPENDed when closed."""
+    """A file being written into a folder: APPENDed once, when the program
+    that wrote it closes it (see ImapFS._commit)."""
 
     folder: Folder
     name: str
-    spool: Any = field(default_factory=lambda: tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY))
-    size: int = 0
+    spool: Spool
+    creator: int  # pid of the process that created it
     created_ns: int = field(default_factory=time.time_ns)
-    # A new file must become a message, so even one closed without any
-    # write (an empty file, `touch`) is checked, and refused, at close.
-    dirty: bool = True
-    discarded: bool = False  # unlinked before close: never append
-    handles: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards spool, size, dirty
+    # Lock owners (one per file descriptor table: a process, or a forked
+    # child apart from its parent) that wrote to it. Only their closes commit it.
+    writers: set[int] = field(default_factory=set)
+    contiguous: int = 0  # bytes written without a gap from offset 0
+    header_seen: bool = False  # the header block is complete and was checked as it was written
+    handles: int = 0  # open handles, the one writer's and readers'
+    # Once decided, forever: "appended", "discarded" (unlinked or abandoned),
+    # or the error that refused or failed it. Guarded by lock.
+    outcome: str | ImapFSError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the fields above but spool
+    # Held while the file is being APPENDed: a second close waits for the first's outcome.
+    commit_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -165,7 +183,20 @@ class ReadHandle:
 
 @dataclass
 class WriteHandle:
+    """The one handle that may write a NewFile (its creator's)."""
+
     new: NewFile
+
+
+@dataclass
+class SpoolReadHandle:
+    """A read-only open of a file still being written: it sees what was
+    written so far and never causes an APPEND."""
+
+    new: NewFile
+
+
+Handle = ReadHandle | WriteHandle | SpoolReadHandle
 
 
 class ImapFS(fuse.Operations):
@@ -174,9 +205,11 @@ class ImapFS(fuse.Operations):
     use_ns = True
 
     def __init__(self, store: MailStore, *, read_only: bool = False, kernel_opens: bool = False,
+                 spool_dir: str | None = None,
                  on_init: Callable[[], None] | None = None, on_destroy: Callable[[], None] | None = None) -> None:
         self.store = store
         self.read_only = read_only
+        self._spool_dir = spool_dir
         # Read-only mounts only: answer the first open (and flush) ENOSYS, so
         # the kernel opens, reads from its page cache and closes files without
         # any request to us. Every file then reads as if opened keep_cache.
@@ -188,7 +221,7 @@ class ImapFS(fuse.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._mounted_at_ns = time.time_ns()
-        self._handles: dict[int, ReadHandle | WriteHandle] = {}
+        self._handles: dict[int, Handle] = {}
         self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
         # ((path, size epoch, plus), node, listing, entries) of the last directory listed.
         self._entries_cache: tuple[tuple[str, int, bool], Any, Any, list[Any]] | None = None
@@ -408,8 +441,14 @@ class ImapFS(fuse.Operations):
         raise NotFound(path)
 
     def _check_writable(self) -> None:
+        """Writes are the mount owner's alone: with allow_other, other users
+        read (files show r--r--r--) but never add, flag, move or remove mail."""
         if self.read_only:
             raise ReadOnly("mounted read-only")
+        caller = callers_context()
+        if caller is not None and caller[0] != self._uid:
+            log.warning("user %d may not change this mount (only user %d may)", caller[0], self._uid)
+            raise refuse(errno.EACCES)
 
     # --- attributes ------------------------------------------------------
     @fuse_operation
@@ -418,7 +457,7 @@ class ImapFS(fuse.Operations):
         if isinstance(target, DirNode):
             return self._dir_stat(target)
         if isinstance(target, NewFile):
-            return self._stat(0o644, target.size, target.created_ns)
+            return self._stat(0o644, target.spool.size, target.created_ns)
         if isinstance(target, Alias):
             return self._stat(0o444, target.size, target.mtime_ns)
         meta = target.meta
@@ -520,13 +559,13 @@ class ImapFS(fuse.Operations):
         return 0
 
     # --- reading ---------------------------------------------------------
-    def _new_handle(self, handle: ReadHandle | WriteHandle) -> int:
+    def _new_handle(self, handle: Handle) -> int:
         with self._state_lock:
             number = next(self._handle_ids)
             self._handles[number] = handle
             return number
 
-    def _handle(self, fi: Any) -> ReadHandle | WriteHandle:
+    def _handle(self, fi: Any) -> Handle:
         with self._state_lock:
             handle = self._handles.get(fi.fh)
         if handle is None:
@@ -547,10 +586,15 @@ class ImapFS(fuse.Operations):
         if isinstance(target, DirNode):
             raise refuse(errno.EISDIR)
         if isinstance(target, NewFile):
-            # A second open of a file still being written (some tools reopen it).
-            with self._state_lock:
+            if writing:
+                # One writer per file: a second (another cp to the same name)
+                # would mix its bytes into the first's, or append a second copy.
+                raise Busy(f"{path} is being written by another program")
+            # A reader (grep -r, a desktop indexer) of a file still being
+            # written sees what is there so far; its close appends nothing.
+            with target.lock:
                 target.handles += 1
-            fi.fh = self._new_handle(WriteHandle(target))
+            fi.fh = self._new_handle(SpoolReadHandle(target))
             fi.direct_io = 1
             return 0
         if writing:
@@ -593,10 +637,8 @@ class ImapFS(fuse.Operations):
             ref = self._message(path)
             return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
         handle = self._handle(fi)
-        if isinstance(handle, WriteHandle):
-            with handle.new.lock:
-                handle.new.spool.seek(offset)
-                return handle.new.spool.read(size)
+        if isinstance(handle, (WriteHandle, SpoolReadHandle)):
+            return handle.new.spool.read(offset, size)
         ref = handle.ref
         return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
 
@@ -604,15 +646,19 @@ class ImapFS(fuse.Operations):
     def release(self, path: str, fi: Any) -> int:
         with self._state_lock:
             handle = self._handles.pop(fi.fh, None)
-        if isinstance(handle, WriteHandle):
+        if isinstance(handle, (WriteHandle, SpoolReadHandle)):
             new = handle.new
             try:
-                self._append_if_dirty(new)
+                if isinstance(handle, WriteHandle) and new.outcome is None:
+                    # Every close by a writer has committed the file already;
+                    # this is for one whose writer passed it on (SCM_RIGHTS)
+                    # and never closed it itself. Nobody is left to tell of a
+                    # failure but the log.
+                    self._commit(new, lock_owner=None, pid=0)
             except ImapFSError as exc:
-                # flush() already reported this to the writer; say it once more in the log.
                 log.warning("message written as %r was not appended: %s", new.name, exc)
             finally:
-                self._drop_new_file(new)
+                self._drop_new_file_handle(new)
         return 0
 
     # --- extended attributes ---------------------------------------------
@@ -673,19 +719,30 @@ class ImapFS(fuse.Operations):
         raise refuse(errno.ENOTSUP)
 
     # --- messages in -----------------------------------------------------
+    # A file created in a folder is spooled and APPENDed exactly once, when
+    # the program that wrote it closes it: close(2) waits for FLUSH (not
+    # for RELEASE), so an APPEND that fails there makes `cp` fail and `mv`
+    # keep its source. FLUSH comes for every close of every descriptor, so
+    # only the closes that mean "done" commit: those from a descriptor
+    # table that wrote to the file (not a forked child's inherited copy,
+    # not a reader's), from a process not dying of a signal or failure.
+    # fsync commits nothing: the message is not complete yet.
+
     @fuse_operation
     def create(self, path: str, mode: int, fi: Any) -> int:
         self._check_writable()
         folder, name = self._parent_folder(path)
+        caller = callers_context()
+        new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir),
+                      creator=caller[2] if caller else 0, handles=1)
         with self._state_lock:
             if (folder.name, name) in self._new_files:
+                new.spool.close()
                 raise AlreadyExists(path)
-        new = NewFile(folder=folder, name=name, handles=1)
-        with self._state_lock:
             self._new_files[(folder.name, name)] = new
             self._aliases.pop((folder.name, name), None)
         fi.fh = self._new_handle(WriteHandle(new))
-        fi.direct_io = 1
+        fi.direct_io = 1  # every write comes to us, and with its writer's lock owner
         return 0
 
     @fuse_operation
@@ -695,11 +752,35 @@ class ImapFS(fuse.Operations):
             raise refuse(errno.EBADF)
         new = handle.new
         with new.lock:
-            new.spool.seek(offset)
-            new.spool.write(data)
-            new.size = max(new.size, offset + len(data))
-            new.dirty = True
+            self._check_still_open(new)
+            new.spool.write(offset, data)
+            new.writers.add(getattr(fi, "lock_owner", 0))
+            if offset <= new.contiguous:
+                new.contiguous = max(new.contiguous, offset + len(data))
+            if not new.header_seen and offset < rfc5322.MAX_HEADER_SCAN:
+                self._check_header_so_far(new)
         return len(data)
+
+    @staticmethod
+    def _check_still_open(new: NewFile) -> None:
+        """Refuse to write a file whose fate is decided. Call with new.lock held."""
+        if isinstance(new.outcome, ImapFSError):
+            raise new.outcome
+        if new.outcome is not None:
+            log.warning("%s: written to after it was %s; that write is refused", new.name, new.outcome)
+            raise refuse(errno.EBADF)
+
+    @staticmethod
+    def _check_header_so_far(new: NewFile) -> None:
+        """Refuse, at the first write that shows it, bytes that cannot begin
+        a mail message (`echo hi > INBOX/x` must fail in the shell, which
+        never checks close). Call with new.lock held."""
+        prefix = new.spool.read(0, min(new.contiguous, rfc5322.MAX_HEADER_SCAN))
+        problem = rfc5322.header_problem(prefix, more_to_come=True)
+        if problem:
+            new.outcome = InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
+            raise new.outcome
+        new.header_seen = rfc5322.header_end(prefix) is not None or new.contiguous >= rfc5322.MAX_HEADER_SCAN
 
     @fuse_operation
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
@@ -707,57 +788,106 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if not isinstance(target, NewFile):
             raise refuse(errno.EACCES)  # messages are immutable in IMAP
+        with self._state_lock:
+            handle = self._handles.get(fh.fh) if fh is not None else None
+        if not (isinstance(handle, WriteHandle) and handle.new is target):
+            # Not its writer's ftruncate: another program's O_TRUNC open or
+            # truncate(1), which would cut the writer's message short.
+            raise Busy(f"{path} is being written by another program")
         with target.lock:
+            self._check_still_open(target)
             target.spool.truncate(length)
-            target.size = length
-            target.dirty = True
+            target.contiguous = min(target.contiguous, length)
+            target.header_seen = False
         return 0
 
     @fuse_operation
     def flush(self, path: str, fi: Any) -> int:
-        # close(2) waits for flush, not for release: an APPEND failure
-        # reported here makes `cp` exit non-zero, as it must.
         if self.kernel_opens:
             raise refuse(errno.ENOSYS)  # nothing is written on this mount: the kernel stops sending FLUSH
         handle = self._handle(fi)
         if isinstance(handle, WriteHandle):
-            self._append_if_dirty(handle.new)
+            caller = callers_context()
+            self._commit(handle.new, lock_owner=getattr(fi, "lock_owner", 0), pid=caller[2] if caller else 0)
         return 0
 
     @fuse_operation
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
-        return self.flush(path, fi)
+        # A message reaches the server whole or not at all: there is nothing
+        # partial to make durable. The APPEND comes with the writer's close.
+        self._handle(fi)
+        return 0
 
-    def _append_if_dirty(self, new: NewFile) -> None:
-        with new.lock:
-            if not new.dirty or new.discarded:
+    def _commit(self, new: NewFile, lock_owner: int | None, pid: int) -> None:
+        """APPEND new once, if this close means its writer is done.
+
+        lock_owner None: the last handle is being released (no closer left
+        to ask). Raises the outcome's error to every close that asks after
+        a refusal or a failure.
+        """
+        with new.commit_lock:
+            with new.lock:
+                outcome = new.outcome
+                if outcome is None and lock_owner is not None:
+                    if new.writers and lock_owner not in new.writers and 0 not in new.writers:
+                        return  # a forked child closing its inherited copy: the writer goes on
+                    if not new.writers and pid != new.creator:
+                        return  # nothing written yet, and not the creator closing
+            if isinstance(outcome, ImapFSError):
+                raise outcome
+            if outcome is not None or (lock_owner is None and not new.writers):
                 return
-            new.spool.seek(0)
-            data = new.spool.read()
-            new.dirty = False
-        problem = rfc5322.looks_like_message(data)
+            dying = callers.abnormal_exit(pid)
+            if dying:
+                with new.lock:
+                    new.outcome = "discarded"
+                self._forget_new_file(new)
+                log.warning("%s was not appended to %r: %s, so it may be incomplete",
+                            new.name, new.folder.name, dying)
+                return
+            try:
+                self._append(new)
+            except ImapFSError as exc:
+                with new.lock:
+                    new.outcome = exc
+                log.warning("%s (%d bytes) was not appended to %r: %s", new.name, new.spool.size,
+                            new.folder.name, exc)
+                raise
+            finally:
+                self._forget_new_file(new)
+
+    def _append(self, new: NewFile) -> None:
+        head = new.spool.read(0, rfc5322.MAX_HEADER_SCAN + 1)
+        problem = rfc5322.looks_like_message(head)
         if problem:
             raise InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
         flags = rfc5322.flags_from_filename(new.name)
-        when = rfc5322.internaldate_from_headers(data)
-        try:
-            appended = self.store.append(new.folder.name, data, flags, when)
-        except ImapFSError as exc:
-            log.warning("%s (%d bytes) was not appended to %r: %s", new.name, len(data), new.folder.name, exc)
-            raise
+        when = rfc5322.internaldate_from_headers(head)
+        literal = new.spool.literal()
+        appended = self.store.append(new.folder.name, literal, flags, when)
         uidvalidity, uid = appended if appended else (None, None)
         mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
+        with new.lock:
+            new.outcome = "appended"
         with self._state_lock:
-            self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, len(data), mtime_ns)
+            # The size the server stores (line endings CRLF), which the message will read with.
+            self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, literal.size, mtime_ns)
 
-    def _drop_new_file(self, new: NewFile) -> None:
+    def _forget_new_file(self, new: NewFile) -> None:
+        """Its fate is decided: the name now resolves to what was appended, if anything."""
         with self._state_lock:
-            new.handles -= 1
-            if new.handles > 0:
-                return
             if self._new_files.get((new.folder.name, new.name)) is new:
                 del self._new_files[(new.folder.name, new.name)]
-        new.spool.close()
+
+    def _drop_new_file_handle(self, new: NewFile) -> None:
+        with new.lock:
+            new.handles -= 1
+            last = new.handles <= 0
+            if last and new.outcome is None:
+                new.outcome = "discarded"
+        if last:
+            self._forget_new_file(new)
+            new.spool.close()
 
     # --- messages out and between folders ---------------------------------
     @fuse_operation
@@ -768,12 +898,14 @@ class ImapFS(fuse.Operations):
             raise refuse(errno.EISDIR)
         if isinstance(target, NewFile):
             with target.lock:
-                target.discarded = True
-            with self._state_lock:
-                self._new_files.pop((target.folder.name, target.name), None)
+                if target.outcome is None:
+                    target.outcome = "discarded"
+            self._forget_new_file(target)
             return 0
         ref = self._message(path)
-        self.store.delete(ref.folder.name, ref.uidvalidity, ref.meta.uid)
+        caller = callers_context()
+        actor = callers.process(caller[2]) if caller else None
+        self.store.delete(ref.folder.name, ref.uidvalidity, ref.meta.uid, actor)
         self._forget_aliases_of(ref)
         return 0
 

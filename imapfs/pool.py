@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imapexc
-from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
+from imapclient.datetime_util import datetime_to_INTERNALDATE
+from imapclient.imapclient import SocketTimeout, seq_to_parenstr, seq_to_parenstr_upper
 
 from imapfs.config import Account, Options
 from imapfs.errors import (
@@ -39,9 +40,11 @@ from imapfs.errors import (
     ProtocolError,
     QuotaError,
     ServerUnavailable,
+    WriteUncertain,
 )
 from imapfs.fetch_response import parse_responses
 from imapfs.model import Folder, FolderStatus
+from imapfs.spool import Literal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -327,20 +330,63 @@ class Session:
                 what.append("HIGHESTMODSEQ")
             return self._client.folder_status(folder, what)
 
-    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> tuple[int, list[int]]:
-        """The folder's UIDVALIDITY, and its UIDs >= first_uid whose Message-ID is message_id."""
-        status = self.select(folder, readonly=True)
+    def search_uids(self, criteria: list[str]) -> list[int]:
+        """UID SEARCH in the selected folder; criteria as imapclient takes them."""
         with self._translating():
-            found = self._client.search(["UID", f"{first_uid}:*", "HEADER", "Message-ID", message_id])
-        return status.uidvalidity, sorted(int(u) for u in found if int(u) >= first_uid)
+            return sorted(int(u) for u in self._client.search(criteria))
 
     # --- writing ---------------------------------------------------------
-    def append(self, folder: str, message: bytes, flags: Iterable[str],
+    def append(self, folder: str, literal: Literal, flags: Iterable[str],
                when: dt.datetime | None) -> tuple[int, int] | None:
-        """APPEND; returns (UIDVALIDITY, UID) when the server reports APPENDUID."""
+        """APPEND, streaming the literal chunk by chunk; returns (UIDVALIDITY, UID)
+        when the server reports APPENDUID.
+
+        imaplib's own append needs the whole message as one bytes object and
+        rewrites its line endings into a second one. Here the command is
+        sent by hand on imaplib's connection, so memory stays constant.
+
+        Failures before the command's last byte was handed to the socket
+        raise ServerUnavailable: the server cannot have stored the message
+        (it stores nothing until the command is complete), so repeating it
+        is safe. A failure after that raises WriteUncertain.
+        """
+        imap = self._client._imap
+        mailbox = self._client._normalise_folder(folder)
+        words = [mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii"),
+                 seq_to_parenstr(list(flags)).encode("ascii")]
+        if when is not None:
+            words.append(b'"%s"' % datetime_to_INTERNALDATE(when).encode("ascii"))
+        synchronising = not self.has("LITERAL+")
+        words.append(b"{%d%s}" % (literal.size, b"" if synchronising else b"+"))
         with self._translating():
-            response = self._client.append(folder, message, flags=tuple(flags), msg_time=when)
-        return _appenduid(response)
+            self.broken = True  # until the command is answered, the stream's position is ours alone
+            tag = imap._new_tag()
+            imap.send(tag + b" APPEND " + b" ".join(words) + b"\r\n")
+            refused = False
+            if synchronising:
+                while imap._get_response():  # None: the "+" continuation
+                    if imap.tagged_commands[tag]:
+                        refused = True  # answered (NO/BAD) instead of asking for the literal
+                        break
+            if not refused:
+                previous = b""
+                for chunk in literal.chunks():
+                    if previous:
+                        imap.send(previous)
+                    previous = chunk
+                # The last bytes and the CRLF that completes the command go in
+                # one send: until it returns, the command is not complete.
+                imap.send(previous + b"\r\n")
+        try:
+            with self._translating():
+                typ, data = imap._command_complete("APPEND", tag)
+                self.broken = False
+                self._client._checkok("append", typ, data)
+        except ServerUnavailable as exc:
+            if refused:
+                raise
+            raise WriteUncertain(f"{exc} after the APPEND to {folder!r} was sent whole") from exc
+        return _appenduid(data[0] if data else b"")
 
     def copy(self, uids: list[int], target: str) -> None:
         with self._translating():
@@ -558,6 +604,8 @@ class ConnectionPool:
                         session.noop()
                     sent = True
                     return work(session)
+            except WriteUncertain:
+                raise  # done or not, nobody knows: repeating it could duplicate it
             except ServerUnavailable as exc:
                 now = time.monotonic()
                 down_for = now - self._down_since if self._down_since is not None else 0.0

@@ -12,6 +12,8 @@ from imapfs import names
 
 # RFC 5322 2.2: a field name is printable US-ASCII except ':' and space.
 _FIELD_RE = re.compile(rb"[!-9;-~]+[ \t]*:")
+# What the start of a first line may be before its colon has been written.
+_FIELD_PREFIX_RE = re.compile(rb"[!-9;-~]*[ \t]*")
 _MAILDIR_INFO_RE = re.compile(r":2,([A-Za-z]*)")
 MAILDIR_FLAGS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered", "D": "\\Draft"}
 # 'T' (trashed) is deliberately not mapped: appending a message as \Deleted
@@ -26,31 +28,50 @@ def looks_like_message(data: bytes) -> str | None:
     line (or the end) is a field or a folded continuation, and no NUL byte
     appears in the header. That refuses images, archives, empty files and
     text that is not mail, while taking any real message, however broken
-    its MIME body.
+    its MIME body. Only the first MAX_HEADER_SCAN bytes are looked at.
     """
     if not data:
         return "the file is empty"
-    head = data[:MAX_HEADER_SCAN]
-    end = _header_end(head)
-    block = head if end is None else head[:end]
+    problem = header_problem(data[:MAX_HEADER_SCAN], more_to_come=False)
+    if problem is None and header_end(data[:MAX_HEADER_SCAN]) is None and len(data) > MAX_HEADER_SCAN:
+        return "no end of header found in the first 256 KiB"
+    return problem
+
+
+def header_problem(prefix: bytes, more_to_come: bool) -> str | None:
+    """Why a file beginning with prefix cannot be a mail message, or None.
+
+    With more_to_come, prefix is only what has been written so far: a line
+    not yet ended is judged only by what it already shows, so the first
+    write that makes a file impossible as mail is refused (``echo hi > x``
+    fails in the shell), and none that could still become one.
+    """
+    end = header_end(prefix)
+    block = prefix if end is None else prefix[:end]
     if b"\x00" in block:
         return "the header contains NUL bytes (binary data, not mail)"
     lines = block.replace(b"\r\n", b"\n").split(b"\n")
+    unfinished = lines.pop() if end is None and more_to_come else None
     if lines and lines[-1] == b"":
         lines.pop()
-    if not lines or not _FIELD_RE.match(lines[0]):
-        return "it does not begin with a mail header (Field: value)"
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
+    for number, line in enumerate(lines):
+        if number and line[:1] in (b" ", b"\t"):
             continue
         if not _FIELD_RE.match(line):
+            if number == 0:
+                return "it does not begin with a mail header (Field: value)"
             return "its header block contains a line that is not a header field"
-    if end is None and len(data) > MAX_HEADER_SCAN:
-        return "no end of header found in the first 256 KiB"
+    if unfinished is not None:
+        if not lines and not _FIELD_PREFIX_RE.fullmatch(unfinished) and not _FIELD_RE.match(unfinished):
+            return "it does not begin with a mail header (Field: value)"
+        return None
+    if not lines:
+        return "it does not begin with a mail header (Field: value)"
     return None
 
 
-def _header_end(data: bytes) -> int | None:
+def header_end(data: bytes) -> int | None:
+    """Where the header block ends (just past the blank line's first line end), or None."""
     for separator in (b"\r\n\r\n", b"\n\n"):
         index = data.find(separator)
         if index >= 0:
@@ -61,7 +82,7 @@ def _header_end(data: bytes) -> int | None:
 def header_block(data: bytes) -> bytes:
     """The header fields of a message (at most the first MAX_HEADER_SCAN bytes)."""
     head = data[:MAX_HEADER_SCAN]
-    end = _header_end(head)
+    end = header_end(head)
     return head[:end] if end else head
 
 

@@ -10,6 +10,7 @@ fetched with BODY.PEEK, so reading never sets \\Seen.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import sys
 import threading
@@ -17,15 +18,24 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
-from imapfs import names, rfc5322
+from imapfs import names, spool
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
-from imapfs.errors import NotEmpty, NotFound, NotSupported, ServerUnavailable, StaleMessage
+from imapfs.errors import (
+    NotEmpty,
+    NotFound,
+    NotSupported,
+    Refused,
+    ServerUnavailable,
+    StaleMessage,
+    WriteUncertain,
+)
 from imapfs.model import Folder, Listing, MessageMeta
 from imapfs.pool import ConnectionPool, Session, compact_uid_set
 from imapfs.readahead import ReadAhead
+from imapfs.spool import Literal
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +83,9 @@ class MailStore:
         # Moves on whenever a shown size is corrected, so views built from
         # listings (directory entries with attributes) know to rebuild.
         self.size_epoch = 0
+        # actor -> Trash's (UIDVALIDITY, UIDNEXT) before the actor first moved mail there (see delete).
+        self._trashing: TTLCache[Hashable, tuple[int, int]] = TTLCache(maxsize=1024, ttl=24 * 3600)
+        self._trashing_lock = threading.Lock()  # guards _trashing
 
     def close(self) -> None:
         self.readahead.close()
@@ -445,47 +458,86 @@ class MailStore:
     # every successful one marks the folders it touched stale, so the next
     # listing resynchronises instead of serving what was cached before.
 
-    def append(self, folder: str, data: bytes, flags: tuple[str, ...],
+    def append(self, folder: str, literal: Literal, flags: tuple[str, ...],
                when: dt.datetime | None) -> tuple[int, int] | None:
-        """APPEND a message; returns (UIDVALIDITY, UID) when the server says (UIDPLUS).
+        """APPEND a message exactly once; returns (UIDVALIDITY, UID) when the server says (UIDPLUS).
 
-        If the connection drops after the APPEND was sent, nobody knows
-        whether it arrived. A message with a Message-ID is then looked for
-        among the UIDs the folder gained since before the APPEND: found, it
-        arrived; not found, it is sent once more. The lower bound is the
-        UIDNEXT of the folder's cached listing (a STATUS only when there is
-        none), so the common case costs no extra round trip. Without a
-        Message-ID nothing is repeated: the error is reported and the writer
-        still has its copy.
+        A failure before the command was sent whole is retried on a fresh
+        connection (the server cannot have stored an incomplete command). A
+        failure after it (a lost reply, a timeout) means nobody knows: the
+        message is then looked for by content, again and again for up to
+        ``retry_for`` seconds, since a slow server may still be storing it,
+        and never sent again. Not found by then, the APPEND fails
+        (WriteUncertain): the writer still has its copy, and the folder holds
+        the message at most once.
         """
-        message_id = names.message_id_from_headers(rfc5322.header_block(data))
+        known = self.listings.get(folder)
+        # UIDs the message may get start at UIDNEXT from before the APPEND;
+        # a cached one can only be lower, which only widens the search.
+        first_uid = known.uidnext if known is not None else None
         try:
-            first_uid = None
-            if message_id:
-                known = self.listings.get(folder)
-                first_uid = known.uidnext if known is not None else None
-                if first_uid is None:
-                    first_uid = self.pool.run(lambda s: s.status_of(folder)).get(b"UIDNEXT")
             try:
-                appended = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
-            except ServerUnavailable as exc:
-                if not message_id or first_uid is None:
-                    raise
-                uidvalidity, arrived = self.pool.run(
-                    lambda s: s.find_message_id(folder, message_id, int(first_uid)))
-                if arrived:
-                    log.warning("connection lost during APPEND to %r (%s), but the message arrived as UID %d",
-                                folder, exc, arrived[-1])
-                    appended = (uidvalidity, arrived[-1])
-                else:
-                    log.warning("connection lost during APPEND to %r (%s) before it arrived; sending it again",
-                                folder, exc)
-                    appended = self.pool.run(lambda s: s.append(folder, data, flags, when), idempotent=False)
+                appended = self.pool.run(lambda s: s.append(folder, literal, flags, when))
+            except WriteUncertain as exc:
+                appended = self._confirm_append(folder, literal, first_uid, exc)
         finally:
             self.listings.mark_stale(folder)
-        log.info("appended %d bytes to %r as %s", len(data), folder,
+        log.info("appended %d bytes to %r as %s", literal.size, folder,
                  f"UID {appended[1]}" if appended else "a UID the server did not say")
         return appended
+
+    def _confirm_append(self, folder: str, literal: Literal, first_uid: int | None,
+                        cause: WriteUncertain) -> tuple[int, int]:
+        """After an APPEND whose outcome is unknown: (UIDVALIDITY, UID) of the
+        message if the folder holds it byte for byte, looking until retry_for
+        has passed; WriteUncertain if it never shows."""
+        log.warning("no answer to the APPEND of %d bytes to %r (%s); looking for it by content",
+                    literal.size, folder, cause)
+        digest = literal.digest()
+        deadline = self._clock() + max(self.options.retry_for, 1.0)
+        delay = 0.25
+        while True:
+            try:
+                found = self.pool.run(lambda s: self._find_by_content(s, folder, literal.size, digest, first_uid))
+            except ServerUnavailable as exc:
+                found = None
+                log.info("cannot look for the APPEND to %r yet: %s", folder, exc)
+            if found is not None:
+                log.warning("the APPEND to %r arrived after all, as UID %d", folder, found[1])
+                return found
+            if self._clock() + delay > deadline:
+                raise WriteUncertain(
+                    f"the server never confirmed the APPEND of {literal.size} bytes to {folder!r}, and the "
+                    f"message was not found there within {self.options.retry_for:g} s; it was not sent again "
+                    f"(a slow server may still store it once): check {folder!r} before copying it again")
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
+
+    def _find_by_content(self, session: Session, folder: str, size: int, digest: bytes,
+                         first_uid: int | None) -> tuple[int, int] | None:
+        status = session.select(folder, readonly=True)
+        criteria = ["LARGER", str(size - 1), "SMALLER", str(size + 1)]
+        if first_uid is not None:
+            criteria = ["UID", f"{first_uid}:*", *criteria]
+        for uid in reversed(session.search_uids(criteria)):  # the newest is the likeliest
+            if self._server_digest(session, folder, status.uidvalidity, uid, size) == digest:
+                return status.uidvalidity, uid
+        return None
+
+    def _server_digest(self, session: Session, folder: str, uidvalidity: int, uid: int, size: int) -> bytes | None:
+        """SHA-256 of a message as the server has it, fetched in bounded pieces."""
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            try:
+                piece = self._fetch_part(session, folder, uidvalidity, uid, (offset, spool.CHUNK))
+            except NotFound:
+                return None
+            if not piece:
+                break
+            digest.update(piece)
+            offset += len(piece)
+        return digest.digest()
 
     def _select_for_write(self, session: Session, folder: str, uidvalidity: int, uid: int) -> None:
         status = session.select(folder, readonly=False)
@@ -528,8 +580,8 @@ class MailStore:
             self.listings.mark_stale(target)
         log.info("moved UID %d from %r to %r", uid, source, target)
 
-    def trash_folder(self) -> str:
-        """The folder with the \\Trash special-use attribute, else one named Trash (created if missing)."""
+    def find_trash_folder(self) -> str | None:
+        """The folder with the \\Trash special-use attribute, else one named Trash, else None."""
         folders = self.folders()
         for folder in folders:
             if folder.special_use and folder.special_use.lower() == "\\trash":
@@ -537,15 +589,37 @@ class MailStore:
         for folder in folders:
             if folder.name.lower() == "trash" or folder.name.lower().endswith(("/trash", ".trash")):
                 return folder.name
+        return None
+
+    def trash_folder(self) -> str:
+        """The Trash folder (find_trash_folder), created as Trash if there is none."""
+        found = self.find_trash_folder()
+        if found is not None:
+            return found
         self.create_folder("Trash")
         return "Trash"
 
-    def delete(self, folder: str, uidvalidity: int, uid: int) -> None:
-        """rm: move to Trash; in Trash (or with delete=expunge), expunge that UID only."""
+    def delete(self, folder: str, uidvalidity: int, uid: int, actor: Hashable = None) -> None:
+        """rm: move to Trash; in Trash (or with delete=expunge), expunge that UID only.
+
+        ``actor`` names the command deleting (the caller's process). What an
+        actor moved into Trash, it may not expunge: `rm -r` of a tree holding
+        both a folder and Trash would otherwise expunge, on reaching Trash,
+        the mail it had just moved there. Precisely: once an actor has moved
+        mail to Trash, it may expunge there only UIDs below Trash's UIDNEXT
+        from before its first move, that is mail that was in Trash already.
+        """
         trash = None if self.options.delete == "expunge" else self.trash_folder()
         if trash is not None and trash != folder:
+            if actor is not None:
+                self._note_trashing(actor, trash)
             self.move(folder, uidvalidity, uid, trash)
             return
+        if trash is not None and actor is not None:
+            bound = self._trashing.get(actor)
+            if bound is not None and bound[0] == uidvalidity and uid >= bound[1]:
+                raise Refused(f"UID {uid} came to {trash!r} after this command began deleting into it; "
+                              "it is not expunged by the same command (run rm again to empty Trash)")
 
         def work(session: Session) -> None:
             if not session.has("UIDPLUS"):
@@ -560,6 +634,15 @@ class MailStore:
         finally:
             self.listings.mark_stale(folder)
         log.info("expunged UID %d from %r", uid, folder)
+
+    def _note_trashing(self, actor: Hashable, trash: str) -> None:
+        """Remember Trash's (UIDVALIDITY, UIDNEXT) from before actor's first move into it."""
+        with self._trashing_lock:
+            if actor in self._trashing:
+                return
+        status = self.pool.run(lambda s: s.status_of(trash))
+        with self._trashing_lock:
+            self._trashing.setdefault(actor, (int(status[b"UIDVALIDITY"]), int(status[b"UIDNEXT"])))
 
     def set_flags(self, folder: str, uidvalidity: int, uid: int, flags: tuple[str, ...]) -> None:
         """Replace a message's flags (STORE FLAGS); safe to repeat, so retried."""
@@ -581,6 +664,11 @@ class MailStore:
 
     def delete_folder(self, name: str) -> None:
         """DELETE a folder, only if it holds no messages (IMAP would delete them with it)."""
+        if name == self.find_trash_folder():
+            # rm goes there: deleting it would leave the next rm to create a
+            # new Trash elsewhere, and `rm -r` of its parent would take it.
+            raise Refused(f"{name!r} is the Trash folder; imapfs keeps it")
+
         def work(session: Session) -> None:
             folder = next((f for f in session.list_folders() if f.name == name), None)
             if folder is None:

@@ -16,6 +16,7 @@ from imapfs.config import Account, Options
 from imapfs.errors import AlreadyExists, NotFound, NotSupported
 from imapfs.model import Folder, FolderStatus
 from imapfs.pool import ConnectionPool
+from imapfs.spool import Literal
 
 
 @dataclass
@@ -52,6 +53,12 @@ class FakeServer:
         self.fail_next: list[BaseException] = []
         # command name -> error raised after the command took effect (the reply was lost)
         self.fail_after: dict[str, BaseException] = {}
+        # command name -> error raised with the command not carried out (yet)
+        self.unstored_after: dict[str, BaseException] = {}
+        self.stored_later: list[tuple[str, bytes, tuple[str, ...]]] = []  # APPENDs a slow server still stores
+        self.store_on_search: int | None = None  # ... at this many UID SEARCHes
+        self.searches = 0
+        self.append_chunks: list[int] = []  # chunks each APPEND literal came in
         # UIDs another session expunged that this one may still fetch: Dovecot answers BODY[] NIL.
         self.ghosts: set[int] = set()
         self._next_uidvalidity = 1000
@@ -225,8 +232,20 @@ class FakeSession:
         return {b"MESSAGES": len(box.messages), b"UIDNEXT": box.uidnext, b"UIDVALIDITY": box.uidvalidity,
                 b"HIGHESTMODSEQ": box.modseq}
 
-    def append(self, folder: str, message: bytes, flags: Any, when: dt.datetime | None) -> tuple[int, int] | None:
+    def append(self, folder: str, literal: Literal, flags: Any, when: dt.datetime | None) -> tuple[int, int] | None:
+        """As pool.Session.append: fail_next fails it before it is sent whole
+        (nothing stored); fail_after["APPEND"] stores it and then loses the
+        reply (raise WriteUncertain there); unstored_after["APPEND"] loses the
+        reply without storing it (yet: see store_later)."""
         self._log("APPEND", folder, tuple(flags), when)
+        chunks = list(literal.chunks())
+        self.server.append_chunks.append(len(chunks))
+        message = b"".join(chunks)
+        assert len(message) == literal.size
+        if "APPEND" in self.server.unstored_after:
+            self.broken = True
+            self.server.stored_later.append((folder, message, tuple(flags)))
+            raise self.server.unstored_after.pop("APPEND")
         kw = {"internaldate": when} if when else {}
         uid = self.server.add(folder, message, tuple(flags), **kw)
         if "APPEND" in self.server.fail_after:
@@ -234,12 +253,29 @@ class FakeSession:
             raise self.server.fail_after.pop("APPEND")
         return self.server.mailboxes[folder].uidvalidity, uid
 
-    def find_message_id(self, folder: str, message_id: str, first_uid: int) -> tuple[int, list[int]]:
-        status = self.select(folder)
-        self._log("UID SEARCH", f"UID {first_uid}:* HEADER Message-ID {message_id}")
-        wanted = f"message-id: {message_id}".lower().encode()
-        return status.uidvalidity, sorted(uid for uid, m in self._box().messages.items()
-                                          if uid >= first_uid and wanted in m.raw.lower())
+    def search_uids(self, criteria: list[str]) -> list[int]:
+        self._log("UID SEARCH", " ".join(criteria))
+        self.server.searches += 1
+        if self.server.store_on_search is not None and self.server.searches >= self.server.store_on_search:
+            while self.server.stored_later:  # the slow server finally stores what it was sent
+                folder, message, flags = self.server.stored_later.pop(0)
+                self.server.add(folder, message, flags)
+        box = self._box()
+        found = set(box.messages)
+        words = list(criteria)
+        while words:
+            key = words.pop(0).upper()
+            if key == "UID":
+                found &= set(_parse_uid_set(words.pop(0), sorted(box.messages)))
+            elif key == "LARGER":
+                limit = int(words.pop(0))
+                found = {u for u in found if len(box.messages[u].raw) > limit}
+            elif key == "SMALLER":
+                limit = int(words.pop(0))
+                found = {u for u in found if len(box.messages[u].raw) < limit}
+            else:
+                raise NotImplementedError(key)
+        return sorted(found)
 
     def copy(self, uids: list[int], target: str) -> None:
         self._log("UID COPY", list(uids), target)

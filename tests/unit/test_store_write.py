@@ -3,7 +3,8 @@
 import pytest
 
 from imapfs.config import Options
-from imapfs.errors import NotEmpty, NotFound, NotSupported, ServerUnavailable
+from imapfs.errors import NotEmpty, NotFound, NotSupported, Refused, ServerUnavailable, WriteUncertain
+from imapfs.spool import Literal, Spool
 from imapfs.store import MailStore
 from tests.unit.fakes import FakePool, FakeServer
 
@@ -101,72 +102,102 @@ def test_moving_an_expunged_message_is_not_found():
         store.move("INBOX", validity, uid, "Archive")
 
 
-def test_append_without_message_id_is_not_repeated_after_it_was_sent():
-    server, store = make()
-    server.fail_after["APPEND"] = ServerUnavailable("dropped")
-    with pytest.raises(ServerUnavailable):
-        store.append("INBOX", b"Subject: x\r\n\r\n", (), None)
-    assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
-    assert len(server.mailboxes["INBOX"].messages) == 1
-
-
 WITH_ID = b"Subject: x\r\nMessage-ID: <once@example.org>\r\n\r\nbody\r\n"
 
 
-def test_append_whose_reply_was_lost_is_found_not_repeated():
+def appends(server):
+    return sum(1 for c in server.commands if c[0] == "APPEND")
+
+
+def test_append_failing_before_it_was_sent_whole_is_sent_again_once():
     server, store = make()
-    server.add("INBOX", WITH_ID)  # an older copy with the same Message-ID must not count
-    server.fail_after["APPEND"] = ServerUnavailable("reply lost")
-    _, uid = store.append("INBOX", WITH_ID, (), None)
-    assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
-    assert uid == 2 and len(server.mailboxes["INBOX"].messages) == 2
-
-
-def test_append_lost_before_arriving_is_sent_once_more():
-    server, store = make()
-    original_status = type(server.session()).status_of
-
-    def status_then_fail_next(self, folder):  # STATUS succeeds; the following APPEND is lost
-        result = original_status(self, folder)
-        server.fail_next.append(ServerUnavailable("dropped before the server saw it"))
-        return result
-
-    type(server.session()).status_of = status_then_fail_next
-    try:
-        _, uid = store.append("INBOX", WITH_ID, (), None)
-    finally:
-        type(server.session()).status_of = original_status
-    assert sum(1 for c in server.commands if c[0] == "APPEND") == 2
+    server.fail_next.append(ServerUnavailable("dropped before the command was complete"))
+    _, uid = store.append("INBOX", Literal.from_bytes(WITH_ID), (), None)
+    assert appends(server) == 2
     assert list(server.mailboxes["INBOX"].messages) == [uid]
+
+
+def test_append_whose_reply_was_lost_is_found_by_content_not_repeated():
+    server, store = make()
+    # An older, different message with the same Message-ID must not be taken for it.
+    older = server.add("INBOX", WITH_ID.replace(b"body", b"another body"))
+    server.fail_after["APPEND"] = WriteUncertain("reply lost")
+    _, uid = store.append("INBOX", Literal.from_bytes(WITH_ID), (), None)
+    assert appends(server) == 1
+    assert uid != older and server.mailboxes["INBOX"].messages[uid].raw == WITH_ID
+    assert len(server.mailboxes["INBOX"].messages) == 2
+
+
+def test_append_lost_and_not_stored_fails_and_is_never_sent_again():
+    server, store = make(retry_for=0.6)
+    server.add("INBOX", WITH_ID.replace(b"body", b"BODY"))  # same size and Message-ID, other bytes
+    server.unstored_after["APPEND"] = WriteUncertain("reply lost")
+    with pytest.raises(WriteUncertain, match="not sent again"):
+        store.append("INBOX", Literal.from_bytes(WITH_ID), (), None)
+    assert appends(server) == 1
+    assert all(m.raw != WITH_ID for m in server.mailboxes["INBOX"].messages.values())
+    assert server.searches >= 2  # looked more than once: a slow server may still store it
+
+
+def test_append_stored_late_by_a_slow_server_is_found_not_repeated():
+    server, store = make(retry_for=5)
+    server.unstored_after["APPEND"] = WriteUncertain("timed out")
+    server.store_on_search = 3  # stored only while imapfs is already looking for it
+    _, uid = store.append("INBOX", Literal.from_bytes(WITH_ID), (), None)
+    assert appends(server) == 1
+    assert [m.raw for m in server.mailboxes["INBOX"].messages.values()] == [WITH_ID]
+
+
+def test_append_is_streamed_in_chunks_with_line_endings_made_crlf():
+    server, store = make()
+    raw = b"Subject: big\n\n" + b"line\n" * 500_000  # 2.5 MB with LF endings
+    with Spool(in_memory=1 << 16) as spool:
+        spool.write(0, raw)
+        literal = spool.literal()
+        store.append("INBOX", literal, (), None)
+    assert server.append_chunks[-1] > 2  # never one bytes object
+    stored = next(iter(server.mailboxes["INBOX"].messages.values())).raw
+    assert stored == raw.replace(b"\n", b"\r\n") and literal.size == len(stored)
 
 
 def test_append_reports_uidvalidity_and_uid_without_extra_round_trips():
     server, store = make()
     listing = store.listing("INBOX")
     server.commands.clear()
-    assert store.append("INBOX", WITH_ID, (), None) == (listing.uidvalidity, 1)
-    assert [c[0] for c in server.commands] == ["APPEND"]  # UIDNEXT came from the cached listing
-
-
-def test_append_into_a_silently_dead_connection_is_checked_first_then_sent_once():
-    server, store = make()
-    store.listing("INBOX")
-    with store.pool.session() as session:
-        session.last_used -= 3600  # idle for an hour: the pool probes it before a write
-    server.fail_next.append(ServerUnavailable("dropped while idle"))
-    _, uid = store.append("INBOX", b"Subject: x\r\n\r\n", (), None)
-    assert [c[0] for c in server.commands[-2:]] == ["NOOP", "APPEND"] or \
-        [c[0] for c in server.commands if c[0] in {"NOOP", "APPEND"}] == ["NOOP", "APPEND"]
-    assert sum(1 for c in server.commands if c[0] == "APPEND") == 1
-    assert uid in server.mailboxes["INBOX"].messages
+    assert store.append("INBOX", Literal.from_bytes(WITH_ID), (), None) == (listing.uidvalidity, 1)
+    assert [c[0] for c in server.commands] == ["APPEND"]
 
 
 def test_append_shows_in_the_next_listing_at_once():
     server, store = make(listing_ttl=3600)
     store.listing("INBOX")
-    _, uid = store.append("INBOX", b"Subject: fresh\r\n\r\n", ("\\Seen",), None)
+    _, uid = store.append("INBOX", Literal.from_bytes(b"Subject: fresh\r\n\r\n"), ("\\Seen",), None)
     listing = store.listing("INBOX")
     assert listing.messages[uid].flags == ("\\Seen",)
+
+
+def test_rm_never_expunges_in_trash_what_the_same_command_moved_there():
+    server, store = make()
+    server.add("Trash", b"Subject: was in trash\r\n\r\n")
+    server.add("Archive", b"Subject: archived\r\n\r\n")
+    rm, later_rm = ("rm", 1), ("rm", 2)
+    validity, uid = uid_in(store, "Archive")
+    store.delete("Archive", validity, uid, rm)
+    trash = store.listing("Trash")
+    (old_uid, _), (moved_uid, _) = sorted(trash.messages.items())
+    with pytest.raises(Refused):
+        store.delete("Trash", trash.uidvalidity, moved_uid, rm)
+    store.delete("Trash", trash.uidvalidity, old_uid, rm)  # it was in Trash before: expunged
+    assert list(server.mailboxes["Trash"].messages) == [moved_uid]
+    store.delete("Trash", trash.uidvalidity, moved_uid, later_rm)  # another command may
+    assert not server.mailboxes["Trash"].messages
+
+
+def test_the_trash_folder_itself_is_not_deleted():
+    server, store = make()
+    with pytest.raises(Refused):
+        store.delete_folder("Trash")
+    assert "Trash" in server.mailboxes
 
 
 def test_delete_folder_refuses_when_messages_remain():
