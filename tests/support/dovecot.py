@@ -93,6 +93,7 @@ class Dovecot:
         imaps_port: int = 0,
         imap_port: int = 0,
         max_user_connections: int = 100,
+        trash_mailbox: str = "Trash",
     ) -> None:
         # passwd-file is colon separated: these characters would corrupt the user db.
         for value, what in ((user, "user"), (password, "password")):
@@ -110,6 +111,8 @@ class Dovecot:
         self.imaps_port = imaps_port
         self.imap_port = imap_port
         self.max_user_connections = max_user_connections
+        #: The mailbox with the \\Trash special-use attribute (e.g. "P/Trash", as INBOX.Trash on Courier).
+        self.trash_mailbox = trash_mailbox
 
         self.tls_dir = self.base_dir / "tls"
         self.ca_file = self.tls_dir / "ca.pem"
@@ -414,7 +417,7 @@ namespace inbox {{
   inbox = yes
   separator = /
   prefix =
-  mailbox Trash {{
+  mailbox "{self.trash_mailbox}" {{
     special_use = \\Trash
     auto = subscribe
   }}

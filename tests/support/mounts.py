@@ -79,7 +79,7 @@ def pids_with_argument(argument: str) -> list[int]:
         try:
             argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
             state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+        except (OSError, IndexError):  # gone while being read: /proc files then read empty
             continue
         if wanted in argv and state != "Z":
             pids.append(int(entry.name))

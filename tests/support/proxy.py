@@ -163,3 +163,166 @@ class DelayProxy:
             target.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+class AppendRelay:
+    """A TLS relay to the test Dovecot that misbehaves around APPEND, as a slow
+    or broken network or server does. Like SizeLyingProxy it ends the
+    client's TLS with the test server's certificate and speaks TLS upstream,
+    so it sees the IMAP stream in the clear.
+
+    - ``hold_seconds``: the CRLF that completes an APPEND command (the bytes
+      right after its literal) is held back that long before it goes on to
+      the server, which then stores the message and answers; a client whose
+      timeout is shorter gives up first. The CRLF is delivered even if the
+      client has gone meanwhile, and the upstream connection is kept until
+      the server has answered: a server that stores an APPEND after the
+      client stopped waiting. ``None``: never delivered (the server never
+      completes the command).
+    - ``cut_after``: the connection is cut (both sides closed) once that many
+      bytes of an APPEND's literal have gone through.
+    Each applies to the first ``times`` APPENDs only; the rest pass untouched.
+    ``appends`` counts the APPEND commands seen, ``completed`` those whose
+    final CRLF reached the server.
+    """
+
+    _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+
+    def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path, *, hold_seconds: float | None = 0.0,
+                 cut_after: int | None = None, times: int = 1) -> None:
+        self.upstream_port = upstream_port
+        self.hold_seconds = hold_seconds
+        self.cut_after = cut_after
+        self.times = times
+        self.appends = 0
+        self.completed = 0
+        self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
+        self._client_context = ssl.create_default_context(cafile=str(ca_file))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._lock = threading.Lock()  # guards appends, completed, _sockets
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept_loop, name="append-relay", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _close(sock)
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client = self._server_context.wrap_socket(raw, server_side=True)
+            upstream = self._client_context.wrap_socket(
+                socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1")
+        except OSError:
+            raw.close()
+            return
+        with self._lock:
+            self._sockets += [client, upstream]
+        answered = threading.Event()  # set at each tagged answer from the server
+        threading.Thread(target=self._downstream, args=(upstream, client, answered), daemon=True).start()
+        self._upstream(client, upstream, answered)
+
+    def _downstream(self, upstream: socket.socket, client: socket.socket, answered: threading.Event) -> None:
+        """Server to client, line by line; keeps reading the server when the client has gone."""
+        client_gone = False
+        pending = b""
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\r\n")
+                if any(line[:1] not in (b"*", b"+", b"") for line in lines):
+                    answered.set()
+                if not client_gone:
+                    try:
+                        client.sendall(data)
+                    except OSError:
+                        client_gone = True
+        except OSError:
+            pass
+        finally:
+            _close(client)
+
+    def _upstream(self, client: socket.socket, upstream: socket.socket, answered: threading.Event) -> None:
+        """Client to server, watching for APPEND literals."""
+        line = b""
+        literal_left = 0
+        in_append = False  # the literal being passed is an APPEND's
+        misbehave = False  # ... and one of the first `times`
+        passed = 0  # literal bytes of this APPEND passed on
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                position = 0
+                while position < len(data):
+                    if literal_left:
+                        take = min(literal_left, len(data) - position)
+                        if misbehave and self.cut_after is not None and passed + take >= self.cut_after:
+                            upstream.sendall(data[position:position + self.cut_after - passed])
+                            return  # the cut: finally closes both sides
+                        upstream.sendall(data[position:position + take])
+                        passed += take
+                        literal_left -= take
+                        position += take
+                        continue
+                    if in_append and line == b"" and data[position:position + 2] == b"\r\n":
+                        position += 2
+                        in_append = False
+                        if misbehave:
+                            if self.hold_seconds is None:
+                                continue  # never delivered
+                            answered.clear()
+                            time.sleep(self.hold_seconds)
+                        upstream.sendall(b"\r\n")
+                        with self._lock:
+                            self.completed += 1
+                        if misbehave:
+                            answered.wait(10)  # the server has stored it, whoever still listens
+                        continue
+                    end = data.find(b"\n", position)
+                    end = len(data) if end < 0 else end + 1
+                    upstream.sendall(data[position:end])
+                    line += data[position:end]
+                    position = end
+                    if not line.endswith(b"\n"):
+                        continue
+                    literal = self._LITERAL.search(line)
+                    if literal:
+                        literal_left = int(literal.group(1))
+                        in_append = b" APPEND " in line.upper()
+                        if in_append:
+                            with self._lock:
+                                self.appends += 1
+                                misbehave = self.appends <= self.times
+                            passed = 0
+                    line = b""
+        except OSError:
+            pass
+        finally:
+            _close(client)
+            _close(upstream)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
