@@ -872,6 +872,8 @@ class ImapFS(fuse.Operations):
         with self._state_lock:
             # The size the server stores (line endings CRLF), which the message will read with.
             self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, literal.size, mtime_ns)
+        # The kernel may still hold the spool's size (LF line endings count one byte less).
+        self.names_changed(new.folder.name, [new.name])
 
     def _forget_new_file(self, new: NewFile) -> None:
         """Its fate is decided: the name now resolves to what was appended, if anything."""

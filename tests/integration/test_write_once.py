@@ -188,26 +188,33 @@ def test_server_storing_an_append_after_the_timeout_gets_it_once(dovecot, imap, 
 
 
 def test_append_never_completed_fails_and_mv_keeps_the_source(dovecot, imap, fresh_folder, mount, tmp_path):
-    raw = message("lost append", uuid.uuid4().hex)
+    token = uuid.uuid4().hex
+    raw = big_message(2.8, token, message_id=f"shared-{token}")
     source = tmp_path / "lost.eml"
     source.write_bytes(raw)
     relay = AppendRelay(dovecot.imaps_port, dovecot.tls_dir, dovecot.ca_file, hold_seconds=None)
     try:
         m = relay_mount(mount, dovecot, relay)
+        eml_files(m.path / fresh_folder)  # listed: UIDNEXT cached
+        # Another client files a message with the same Message-ID and size but other bytes.
+        impostor = raw.replace(b"Subject: big", b"Subject: BIG")
+        dovecot.append(fresh_folder, impostor)
         done = sh("mv", source, m.path / fresh_folder, check=False)
         assert relay.appends == 1  # not sent a second time
     finally:
         relay.close()
     assert done.returncode != 0 and b"Input/output error" in done.stderr
     assert source.read_bytes() == raw
-    assert bodies(imap, fresh_folder) == []
+    assert bodies(imap, fresh_folder) == [crlf(impostor)]
     assert "not sent again" in m.log()
 
 
 def test_cut_mid_append_with_an_earlier_same_message_id_is_not_taken_for_stored(
         dovecot, imap, fresh_folder, mount, tmp_path):
     token = uuid.uuid4().hex
-    raw = big_message(2.8, token, message_id=f"shared-{token}")
+    # Big enough that the cut comes while imapfs is still sending: what it had
+    # sent cannot all sit in socket buffers, so it knows the command was cut short.
+    raw = big_message(12, token, message_id=f"shared-{token}")
     source = tmp_path / "cut.eml"
     source.write_bytes(raw)
     relay = AppendRelay(dovecot.imaps_port, dovecot.tls_dir, dovecot.ca_file, cut_after=1_000_000)
