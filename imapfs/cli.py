@@ -228,6 +228,8 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     from imapfs.fusebind import ImapFUSE
     from imapfs.pool import ConnectionPool
     from imapfs.store import MailStore
+    from imapfs.views.folders import FoldersView
+    from imapfs.views.root import CompositeRoot
     from imapfs.watcher import Watcher
 
     def report_ready() -> None:
@@ -252,8 +254,8 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     # Zero-message opens need the kernel told when a name's pages go stale,
     # which only libfuse 3 can do (fuse_invalidate_path).
     kernel_opens = options.ro and options.fast_open and fuse_major_version() >= 3
-    operations = ImapFS(store, read_only=options.ro, kernel_opens=kernel_opens,
-                        spool_dir=options.spool_directory, on_init=start,
+    root = CompositeRoot(FoldersView(store, spool_dir=options.spool_directory))
+    operations = ImapFS(store, root, read_only=options.ro, kernel_opens=kernel_opens, on_init=start,
                         on_destroy=lambda: watcher.stop())
     watcher = Watcher(account, password, options, pool, listings=store.cached_listings,
                       folders=store.cached_folders,

@@ -1,15 +1,11 @@
 """ImapFS: the FUSE operations, kept thin.
 
-Turns paths into folders and messages (via names.py and the store), builds
-stat dicts and file handles, and holds the ONE map from imapfs errors to
-errno (``errno_for``). Anything unexpected is logged with its traceback and
-becomes EIO: mfusepy would otherwise report EINVAL, which misleads users.
-
-Writing is mail management: a file created in a folder is buffered and
-APPENDed when it is closed; rename moves messages and folders; unlink moves
-to Trash. A name a tool wrote under stays resolvable for a while after the
-APPEND (an "alias"), because tools stat, rename and set times on the name
-they wrote, while the message itself lists under its canonical name.
+Asks the views (``views.root.CompositeRoot``) what a path is and hands the
+call to that view; builds stat dicts and file handles; decides which close
+of a file being written means its writer is done; tells the kernel what
+changed; and holds the ONE map from imapfs errors to errno (``errno_for``).
+Anything unexpected is logged with its traceback and becomes EIO: mfusepy
+would otherwise report EINVAL, which misleads users. It knows no layout.
 """
 
 from __future__ import annotations
@@ -25,13 +21,13 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import mfusepy as fuse
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
-from imapfs import callers, names, rfc5322
+from imapfs import callers, rfc5322
 from imapfs.errors import (
     AlreadyExists,
     Busy,
@@ -47,9 +43,9 @@ from imapfs.errors import (
     StaleMessage,
 )
 from imapfs.fusebind import KernelCache
-from imapfs.model import Folder, MessageMeta
-from imapfs.spool import Spool
 from imapfs.store import WHOLE_LIMIT, MailStore
+from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
+from imapfs.views.root import CompositeRoot
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,8 +56,6 @@ XATTR_MESSAGE_ID = "user.imap.message_id"
 XATTR_FOLDER = "user.imap.folder"
 XATTR_UIDVALIDITY = "user.imap.uidvalidity"
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
-# How long the name a file was written under keeps resolving after its APPEND.
-ALIAS_SECONDS = 300
 # How long after a READ found a message shorter than its RFC822.SIZE the kernel is told (see size_corrected).
 SHRINK_NOTICE_SECONDS = 1.0
 
@@ -125,58 +119,6 @@ def callers_context() -> tuple[int, int, int] | None:
 
 
 @dataclass
-class DirNode:
-    """A directory: an IMAP folder, or a parent that exists only as a path level."""
-
-    folder: Folder | None
-    children: dict[str, DirNode] = field(default_factory=dict)
-
-
-@dataclass
-class MessageRef:
-    """A message file: where it lives and what the listing knows of it."""
-
-    folder: Folder
-    uidvalidity: int
-    meta: MessageMeta
-
-
-@dataclass
-class NewFile:
-    """A file being written into a folder: APPENDed once, when the program
-    that wrote it closes it (see ImapFS._commit)."""
-
-    folder: Folder
-    name: str
-    spool: Spool
-    creator: int  # pid of the process that created it
-    created_ns: int = field(default_factory=time.time_ns)
-    # Lock owners (one per file descriptor table: a process, or a forked
-    # child apart from its parent) that wrote to it. Only their closes commit it.
-    writers: set[int] = field(default_factory=set)
-    contiguous: int = 0  # bytes written without a gap from offset 0
-    header_seen: bool = False  # the header block is complete and was checked as it was written
-    handles: int = 0  # open handles, the one writer's and readers'
-    # Once decided, forever: "appended", "discarded" (unlinked or abandoned),
-    # or the error that refused or failed it. Guarded by lock.
-    outcome: str | ImapFSError | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the fields above but spool
-    # Held while the file is being APPENDed: a second close waits for the first's outcome.
-    commit_lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
-class Alias:
-    """The name a tool wrote a message under, after its APPEND."""
-
-    folder: Folder
-    uid: int | None
-    uidvalidity: int | None
-    size: int
-    mtime_ns: int
-
-
-@dataclass
 class ReadHandle:
     ref: MessageRef
 
@@ -200,16 +142,16 @@ Handle = ReadHandle | WriteHandle | SpoolReadHandle
 
 
 class ImapFS(fuse.Operations):
-    """Folders as directories, messages as .eml files."""
+    """The FUSE edge over the views."""
 
     use_ns = True
 
-    def __init__(self, store: MailStore, *, read_only: bool = False, kernel_opens: bool = False,
-                 spool_dir: str | None = None,
-                 on_init: Callable[[], None] | None = None, on_destroy: Callable[[], None] | None = None) -> None:
+    def __init__(self, store: MailStore, root: CompositeRoot, *, read_only: bool = False,
+                 kernel_opens: bool = False, on_init: Callable[[], None] | None = None,
+                 on_destroy: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.root = root
         self.read_only = read_only
-        self._spool_dir = spool_dir
         # Read-only mounts only: answer the first open (and flush) ENOSYS, so
         # the kernel opens, reads from its page cache and closes files without
         # any request to us. Every file then reads as if opened keep_cache.
@@ -223,15 +165,10 @@ class ImapFS(fuse.Operations):
         self._mounted_at_ns = time.time_ns()
         self._handles: dict[int, Handle] = {}
         self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
-        # ((path, size epoch, plus), node, listing, entries) of the last directory listed.
-        self._entries_cache: tuple[tuple[str, int, bool], Any, Any, list[Any]] | None = None
+        # (path, plus, the view's entries list, the entries built from it) of the last directory listed.
+        self._entries_cache: tuple[str, bool, list[Any], list[Any]] | None = None
         self._handle_ids = itertools.count(1)
-        self._state_lock = threading.Lock()  # guards _handles, _new_files, _aliases
-        self._new_files: dict[tuple[str, str], NewFile] = {}
-        self._aliases: TTLCache[tuple[str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
-        self._tree_lock = threading.Lock()  # guards _tree_source, _tree
-        self._tree_source: list[Folder] | None = None
-        self._tree = DirNode(folder=None)
+        self._state_lock = threading.Lock()  # guards _handles, _dir_snapshots, _entries_cache, _told, _opened_as
         self.initialized = False  # set once the kernel has accepted the mount
         self._kernel_cache: KernelCache | None = None  # libfuse 3 only
         # (uidvalidity, uid) last opened at each path: the kernel may keep a
@@ -286,9 +223,20 @@ class ImapFS(fuse.Operations):
 
     def _forget_later(self, folder: str, filenames: list[str], due: float) -> None:
         """Queue names of folder for the forgetter thread, to be told at time.monotonic() == due."""
-        directory = self._folder_path(folder)
-        if directory is not None and self._forgetter is not None:
-            self._forget_queue.put((due, [f"{directory}/{name}" for name in filenames]))
+        if self._forgetter is not None:
+            paths = self._paths_of(folder, filenames, directories=False)
+            if paths:
+                self._forget_queue.put((due, paths))
+
+    def _paths_of(self, folder: str, filenames: list[str], directories: bool = True) -> list[str]:
+        """Mount paths of a folder's directories (in every view) and of these of its messages."""
+        try:
+            record = self.store.folder(folder)
+        except ImapFSError:
+            return []
+        found = [*(self.root.folder_paths(record) if directories else []),
+                 *self.root.message_paths(record, filenames)]
+        return ["/" + "/".join(parts) for parts in found]
 
     def size_corrected(self, folder: str, filename: str, grew: bool) -> None:
         """A message's real length is not its RFC822.SIZE (the store just
@@ -312,13 +260,6 @@ class ImapFS(fuse.Operations):
         if self._kernel_cache is not None:
             self._kernel_cache.forget(paths)
 
-    def _folder_path(self, folder: str) -> str | None:
-        try:
-            delimiter = self.store.folder(folder).delimiter
-        except ImapFSError:
-            return None
-        return "/" + "/".join(names.folder_to_parts(folder, delimiter))
-
     def folder_changed(self, folder: str) -> None:
         """Another client changed `folder`: resync it now and make the kernel
         forget what it cached of messages that went away, or of every
@@ -329,16 +270,15 @@ class ImapFS(fuse.Operations):
             new = self.store.listing(folder)
         except NotFound:
             new = None
-        directory = self._folder_path(folder)
-        if directory is None:
-            return
         gone: list[str] = []
         if old is not None:
             if new is None or new.uidvalidity != old.uidvalidity:
                 gone = sorted(old.filenames())
             else:
                 gone = sorted(old.filenames() - new.filenames())
-        self._kernel_forget([directory] + [f"{directory}/{name}" for name in gone])
+        paths = self._paths_of(folder, gone)
+        if paths:
+            self._kernel_forget(paths)
 
     def folders_changed(self) -> None:
         """Folders were created, deleted or renamed elsewhere."""
@@ -352,10 +292,10 @@ class ImapFS(fuse.Operations):
         for name, folder in old_names.items():
             if name not in new_names:
                 self.store.invalidate(name)
-                parts = names.folder_to_parts(name, folder.delimiter)
-                paths.append("/" + "/".join(parts))
-                if len(parts) > 1:
-                    paths.append("/" + "/".join(parts[:-1]))
+                for parts in self.root.folder_paths(folder):
+                    paths.append("/" + "/".join(parts))
+                    if len(parts) > 1:
+                        paths.append("/" + "/".join(parts[:-1]))
         self._kernel_forget(paths)
 
     def destroy(self, path: str) -> None:
@@ -369,76 +309,25 @@ class ImapFS(fuse.Operations):
         self.store.close()
 
     # --- path resolution -------------------------------------------------
-    def _root(self) -> DirNode:
-        folders = self.store.folders()
-        with self._tree_lock:
-            if folders is not self._tree_source:
-                self._tree = build_tree(folders)
-                self._tree_source = folders
-            return self._tree
-
-    def _dir(self, parts: list[str]) -> DirNode | None:
-        node = self._root()
-        for part in parts:
-            child = node.children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
-
     @staticmethod
-    def _split(path: str) -> list[str]:
-        return [p for p in path.split("/") if p]
+    def _split(path: str) -> Parts:
+        return tuple(p for p in path.split("/") if p)
 
-    def _parent_folder(self, path: str) -> tuple[Folder, str]:
-        """The selectable folder a file path lives in, and the file name."""
-        parts = self._split(path)
-        parent = self._dir(parts[:-1]) if parts else None
-        if parent is None or parent.folder is None or not parent.folder.selectable or not parts:
-            raise NotFound(path)
-        return parent.folder, parts[-1]
+    def _locate(self, path: str) -> tuple[View, Parts, Node]:
+        return self.root.resolve(self._split(path))
 
-    def _resolve(self, path: str) -> DirNode | MessageRef | NewFile | Alias:
-        # The hot path of every lookup, open and stat: one walk, and the
-        # write-side tables consulted only when they hold anything.
-        parts = self._split(path)
-        if not parts:
-            return self._root()
-        parent = self._dir(parts[:-1])
-        if parent is None:
-            raise NotFound(path)
-        name = parts[-1]
-        child = parent.children.get(name)
-        if child is not None:
-            return child
-        folder = parent.folder
-        if folder is None or not folder.selectable:
-            raise NotFound(path)
-        key = (folder.name, name)
-        if self._new_files or self._aliases:
-            with self._state_lock:
-                new = self._new_files.get(key)
-                alias = self._aliases.get(key)
-            if new is not None:
-                return new
-            if alias is not None:
-                return alias
-        listing, meta = self.store.message(folder.name, name)
-        return MessageRef(folder, listing.uidvalidity, meta)
+    def _resolve(self, path: str) -> Node:
+        return self.root.resolve(self._split(path))[2]
 
     def _message(self, path: str) -> MessageRef:
-        """The message at path (also under a name it was just written as)."""
-        target = self._resolve(path)
-        if isinstance(target, MessageRef):
-            return target
-        if isinstance(target, Alias) and target.uid is not None and target.uidvalidity is not None:
-            listing = self.store.listing(target.folder.name)
-            meta = listing.messages.get(target.uid)
-            if meta is not None and listing.uidvalidity == target.uidvalidity:
-                return MessageRef(target.folder, listing.uidvalidity, meta)
-        if isinstance(target, DirNode):
+        """The stored message at path (also under a name it was just written as)."""
+        view, _, node = self._locate(path)
+        if isinstance(node, DirNode):
             raise refuse(errno.EISDIR)
-        raise NotFound(path)
+        ref = view.message(node)
+        if ref is None:
+            raise NotFound(path)
+        return ref
 
     def _check_writable(self) -> None:
         """Writes are the mount owner's alone: with allow_other, other users
@@ -453,9 +342,12 @@ class ImapFS(fuse.Operations):
     # --- attributes ------------------------------------------------------
     @fuse_operation
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        target = self._resolve(path)
+        view, _, target = self._locate(path)
+        return self._node_stat(path, view, target)
+
+    def _node_stat(self, path: str, view: View, target: Node) -> dict[str, Any]:
         if isinstance(target, DirNode):
-            return self._dir_stat(target)
+            return self._dir_stat(view, target)
         if isinstance(target, NewFile):
             return self._stat(0o644, target.spool.size, target.created_ns)
         if isinstance(target, Alias):
@@ -466,11 +358,12 @@ class ImapFS(fuse.Operations):
                 self._told[path] = (target.uidvalidity, meta.uid, meta.size)
         return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
 
-    def _dir_stat(self, node: DirNode) -> dict[str, Any]:
+    def _dir_stat(self, view: View, node: DirNode) -> dict[str, Any]:
         mode = 0o555 if self.read_only else 0o755
+        when = view.dir_mtime_ns(node) or self._mounted_at_ns
         return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2 + len(node.children), "st_uid": self._uid,
-                "st_gid": self._gid, "st_size": 0, "st_mtime": self._mounted_at_ns,
-                "st_ctime": self._mounted_at_ns, "st_atime": self._mounted_at_ns}
+                "st_gid": self._gid, "st_size": 0, "st_mtime": when, "st_ctime": when,
+                "st_atime": self._mounted_at_ns}
 
     def _stat(self, mode: int, size: int, when_ns: int) -> dict[str, Any]:
         return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1, "st_uid": self._uid, "st_gid": self._gid,
@@ -510,38 +403,34 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def readdir_entries(self, path: str, fh: int, plus: bool) -> list[Any]:
         """Entries with attributes; plus: the kernel takes them as lookups (READDIRPLUS)."""
-        node = self._resolve(path)
+        view, parts, node = self._locate(path)
         if not isinstance(node, DirNode):
             raise refuse(errno.ENOTDIR)
         # Attributes go with the names: with READDIRPLUS (fusebind.ImapFUSE)
         # the kernel then needs no LOOKUP per file for `ls -l`.
-        listing = None
-        if node.folder is not None and node.folder.selectable:
-            listing = self.store.listing(node.folder.name)
+        items = view.entries(parts, node)
         # A big folder listed again unchanged gets the same entries back
         # (and ImapFUSE the stat buffers it made from them): `ls -l` twice
         # should not build 10,000 stat dicts twice.
-        # The same node and listing objects mean nothing changed: both are
-        # replaced, never mutated, when the server's state moves on.
-        key = (path, self.store.size_epoch, plus)
         with self._state_lock:
             cached = self._entries_cache
-            if (cached is not None and cached[0] == key and cached[1] is node and cached[2] is listing
-                    and not self._new_files):
+            if cached is not None and cached[0] == path and cached[1] == plus and cached[2] is items:
                 return cached[3]
         entries: list[Any] = [".", ".."]
-        entries.extend((name, self._dir_stat(child), 0) for name, child in node.children.items())
-        if listing is not None:
-            entries.extend((meta.filename, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0)
-                           for meta in listing.messages.values() if meta.filename not in node.children)
-            with self._state_lock:
-                if plus and not self.kernel_opens:  # only open() reads _told
-                    prefix = path.rstrip("/") + "/"
-                    for meta in listing.messages.values():
-                        self._told[prefix + meta.filename] = (listing.uidvalidity, meta.uid, meta.size)
-                entries.extend(name for (folder, name) in self._new_files if folder == node.folder.name)
+        prefix = path.rstrip("/") + "/"
+        told = plus and not self.kernel_opens  # only open() reads _told
+        for name, child in items:
+            if isinstance(child, MessageRef):
+                meta = child.meta
+                entries.append((name, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0))
+                if told:
+                    self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
+            elif isinstance(child, DirNode):
+                entries.append((name, self._dir_stat(view, child), 0))
+            else:
+                entries.append(name)  # being written: its attributes change; the kernel asks
         with self._state_lock:
-            self._entries_cache = (key, node, listing, entries)
+            self._entries_cache = (path, plus, items, entries)
         return entries
 
     @fuse_operation
@@ -731,16 +620,9 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def create(self, path: str, mode: int, fi: Any) -> int:
         self._check_writable()
-        folder, name = self._parent_folder(path)
+        view, parts = self.root.route(self._split(path))
         caller = callers_context()
-        new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir),
-                      creator=caller[2] if caller else 0, handles=1)
-        with self._state_lock:
-            if (folder.name, name) in self._new_files:
-                new.spool.close()
-                raise AlreadyExists(path)
-            self._new_files[(folder.name, name)] = new
-            self._aliases.pop((folder.name, name), None)
+        new = view.create(parts, caller[2] if caller else 0)
         fi.fh = self._new_handle(WriteHandle(new))
         fi.direct_io = 1  # every write comes to us, and with its writer's lock owner
         return 0
@@ -846,7 +728,10 @@ class ImapFS(fuse.Operations):
                             new.name, new.folder.name, dying)
                 return
             try:
-                self._append(new)
+                new.owner.commit(new)
+                if new.outcome == "appended":
+                    # The kernel may still hold the spool's size (LF line endings count one byte less).
+                    self._forget_later(new.folder.name, [new.name], 0.0)
             except ImapFSError as exc:
                 with new.lock:
                     new.outcome = exc
@@ -856,30 +741,9 @@ class ImapFS(fuse.Operations):
             finally:
                 self._forget_new_file(new)
 
-    def _append(self, new: NewFile) -> None:
-        head = new.spool.read(0, rfc5322.MAX_HEADER_SCAN + 1)
-        problem = rfc5322.looks_like_message(head)
-        if problem:
-            raise InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
-        flags = rfc5322.flags_from_filename(new.name)
-        when = rfc5322.internaldate_from_headers(head)
-        literal = new.spool.literal()
-        appended = self.store.append(new.folder.name, literal, flags, when)
-        uidvalidity, uid = appended if appended else (None, None)
-        mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
-        with new.lock:
-            new.outcome = "appended"
-        with self._state_lock:
-            # The size the server stores (line endings CRLF), which the message will read with.
-            self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, literal.size, mtime_ns)
-        # The kernel may still hold the spool's size (LF line endings count one byte less).
-        self.names_changed(new.folder.name, [new.name])
-
     def _forget_new_file(self, new: NewFile) -> None:
-        """Its fate is decided: the name now resolves to what was appended, if anything."""
-        with self._state_lock:
-            if self._new_files.get((new.folder.name, new.name)) is new:
-                del self._new_files[(new.folder.name, new.name)]
+        """Its fate is decided: the name now resolves to what was filed, if anything."""
+        new.owner.forget(new)
 
     def _drop_new_file_handle(self, new: NewFile) -> None:
         with new.lock:
@@ -895,124 +759,55 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def unlink(self, path: str) -> int:
         self._check_writable()
-        target = self._resolve(path)
+        view, parts, target = self._locate(path)
         if isinstance(target, DirNode):
             raise refuse(errno.EISDIR)
-        if isinstance(target, NewFile):
-            with target.lock:
-                if target.outcome is None:
-                    target.outcome = "discarded"
-            self._forget_new_file(target)
-            return 0
-        ref = self._message(path)
         caller = callers_context()
         actor = callers.process(caller[2]) if caller else None
-        self.store.delete(ref.folder.name, ref.uidvalidity, ref.meta.uid, actor)
-        self._forget_aliases_of(ref)
+        view.unlink(parts, target, actor)
         return 0
-
-    def _forget_aliases_of(self, ref: MessageRef) -> None:
-        with self._state_lock:
-            for key, alias in list(self._aliases.items()):
-                if alias.folder.name == ref.folder.name and alias.uid == ref.meta.uid:
-                    self._aliases.pop(key, None)
 
     @fuse_operation
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         self._check_writable()
-        source = self._resolve(old)
-        if isinstance(source, DirNode):
-            return self._rename_folder(old, new, source)
-        new_folder, new_name = self._parent_folder(new)
-        old_folder, old_name = self._parent_folder(old)
-        if isinstance(source, (NewFile, Alias)) and new_folder.name == old_folder.name:
-            return self._rename_written(source, old_name, new_name)
-        ref = self._message(old)
-        if new_folder.name == old_folder.name:
-            raise refuse(errno.EPERM)  # a message's name is derived from it; it cannot be chosen
-        self.store.move(old_folder.name, ref.uidvalidity, ref.meta.uid, new_folder.name)
-        self._forget_aliases_of(ref)
-        return 0
-
-    def _rename_written(self, source: NewFile | Alias, old_name: str, new_name: str) -> int:
-        """rsync and mail tools write a temp name, then rename it: follow the
-        name, and apply flags the new Maildir-style name carries."""
-        folder = source.folder.name
-        with self._state_lock:
-            if isinstance(source, NewFile):
-                self._new_files.pop((folder, old_name), None)
-                source.name = new_name
-                self._new_files[(folder, new_name)] = source
-                return 0
-            self._aliases.pop((folder, old_name), None)
-            self._aliases[(folder, new_name)] = source
-        wanted = set(rfc5322.flags_from_filename(new_name)) - set(rfc5322.flags_from_filename(old_name))
-        if wanted and source.uid is not None and source.uidvalidity is not None:
-            listing = self.store.listing(folder)
-            meta = listing.messages.get(source.uid)
-            if meta is not None:
-                self.store.set_flags(folder, source.uidvalidity, source.uid, tuple(sorted(set(meta.flags) | wanted)))
-        return 0
-
-    def _rename_folder(self, old: str, new: str, node: DirNode) -> int:
-        if node.folder is None:
-            raise refuse(errno.EPERM)  # a level that is no IMAP folder has nothing to rename
-        new_parts = self._split(new)
-        if not new_parts or self._dir(new_parts) is not None:
-            raise AlreadyExists(new)
-        parent = self._dir(new_parts[:-1])
-        if parent is None:
-            raise NotFound(new)
-        delimiter = node.folder.delimiter
-        target = names.parts_to_folder(new_parts, delimiter)
-        self.store.rename_folder(node.folder.name, target)
+        view, old_parts, new_parts = self.root.route_pair(self._split(old), self._split(new))
+        view.rename(old_parts, view.resolve(old_parts), new_parts)
         return 0
 
     # --- folders ---------------------------------------------------------
     @fuse_operation
     def mkdir(self, path: str, mode: int) -> int:
         self._check_writable()
-        parts = self._split(path)
-        if self._dir(parts) is not None:
-            raise AlreadyExists(path)
-        if self._dir(parts[:-1]) is None:
-            raise NotFound(path)
-        self.store.create_folder(names.parts_to_folder(parts, self._delimiter()))
+        view, parts = self.root.route(self._split(path))
+        view.mkdir(parts)
         return 0
-
-    def _delimiter(self) -> str | None:
-        for folder in self.store.folders():
-            if folder.delimiter:
-                return folder.delimiter
-        return None
 
     @fuse_operation
     def rmdir(self, path: str) -> int:
         self._check_writable()
-        node = self._dir(self._split(path))
-        if node is None:
-            raise NotFound(path)
-        if node.children:
-            raise NotEmpty(path)
-        if node.folder is None:
-            raise NotFound(path)
-        self.store.delete_folder(node.folder.name)
+        view, parts, node = self._locate(path)
+        if not isinstance(node, DirNode):
+            raise refuse(errno.ENOTDIR)
+        view.rmdir(parts, node)
         return 0
 
     # --- attributes tools set on what they wrote --------------------------
-    def _accept_metadata_change(self, path: str) -> int:
+    def _accept_metadata_change(self, path: str, mtime_ns: int | None = None) -> int:
         """cp -p, mv and rsync -t set times, modes and owners on what they wrote;
         for directories and just-written files that has no meaning in IMAP
-        and is accepted. On a stored message it would be a lie: refused."""
+        and is accepted (a view may remember the time). On a stored message
+        it would be a lie: refused."""
         self._check_writable()
-        target = self._resolve(path)
+        view, _, target = self._locate(path)
         if isinstance(target, MessageRef):
             raise refuse(errno.EPERM)
+        view.set_times(target, mtime_ns)
         return 0
 
     @fuse_operation
     def utimens(self, path: str, times: Any = None) -> int:
-        return self._accept_metadata_change(path)
+        mtime_ns = times[1] if times else None
+        return self._accept_metadata_change(path, mtime_ns if isinstance(mtime_ns, int) else None)
 
     @fuse_operation
     def chmod(self, path: str, mode: int) -> int:
@@ -1037,14 +832,3 @@ class ImapFS(fuse.Operations):
         self._check_writable()
         raise refuse(errno.EPERM)
 
-
-def build_tree(folders: list[Folder]) -> DirNode:
-    """The directory tree for a folder list; parents the server did not
-    list (no \\Noselect entry for them) still appear as directories."""
-    root = DirNode(folder=None)
-    for folder in sorted(folders, key=lambda f: f.name):
-        node = root
-        for part in names.folder_to_parts(folder.name, folder.delimiter):
-            node = node.children.setdefault(part, DirNode(folder=None))
-        node.folder = folder
-    return root

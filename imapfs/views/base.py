@@ -1,0 +1,145 @@
+"""What a view hands the FUSE edge: four kinds of node, and the View interface.
+
+fs.py knows these nodes and nothing of any layout: a directory (DirNode), a
+stored message (MessageRef), a file being written (NewFile) and the name a
+file was written under after it was stored (Alias). A view maps path parts
+(the path split on "/", without the view's own prefix) to nodes, lists
+directories, and carries out the changes its layout allows; what it does
+not allow it refuses with an imapfs error (NotSupported by default).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from imapfs.errors import ImapFSError, NotSupported
+from imapfs.model import Folder, MessageMeta
+from imapfs.spool import Spool
+
+Parts = tuple[str, ...]
+
+
+@dataclass
+class DirNode:
+    """A directory: an IMAP folder, a parent that exists only as a path
+    level, or a directory of the view's own (a Maildir's cur/, say)."""
+
+    folder: Folder | None
+    children: dict[str, DirNode] = field(default_factory=dict)
+    # What the directory shows of its folder ("" for the folder's own
+    # directory; "cur", "new", "tmp" in a Maildir). Views tell them apart by it.
+    role: str = ""
+
+
+@dataclass
+class MessageRef:
+    """A message file: where it lives and what the listing knows of it."""
+
+    folder: Folder
+    uidvalidity: int
+    meta: MessageMeta
+
+
+@dataclass
+class NewFile:
+    """A file being written into a folder. The FUSE edge decides which close
+    means its writer is done (see ImapFS._commit); ``owner.commit(new)``
+    then decides what that means in the owner's layout."""
+
+    folder: Folder
+    name: str
+    spool: Spool
+    owner: View
+    creator: int  # pid of the process that created it
+    role: str = ""  # the directory role it was created in
+    created_ns: int = field(default_factory=time.time_ns)
+    # Lock owners (one per file descriptor table: a process, or a forked
+    # child apart from its parent) that wrote to it. Only their closes commit it.
+    writers: set[int] = field(default_factory=set)
+    contiguous: int = 0  # bytes written without a gap from offset 0
+    header_seen: bool = False  # the header block is complete and was checked as it was written
+    handles: int = 0  # open handles, the one writer's and readers'
+    # Once decided, forever: "appended", "kept" (a Maildir tmp/ file waiting
+    # for its rename), "discarded" (unlinked or abandoned), or the error that
+    # refused or failed it. Guarded by lock.
+    outcome: str | ImapFSError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards the fields above but spool
+    # Held while the file is being APPENDed: a second close waits for the first's outcome.
+    commit_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Alias:
+    """The name a tool wrote a message under, after its APPEND."""
+
+    folder: Folder
+    uid: int | None
+    uidvalidity: int | None
+    size: int
+    mtime_ns: int
+
+
+Node = DirNode | MessageRef | NewFile | Alias
+
+
+class View:
+    """One way of showing the account as files. Every method takes path parts
+    relative to the view's root; refusals are imapfs errors, never errno."""
+
+    def resolve(self, parts: Parts) -> Node:
+        raise NotImplementedError
+
+    def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
+        """The directory's children. The same list object while nothing
+        changed, so the FUSE edge can reuse what it built from it."""
+        raise NotImplementedError
+
+    def message(self, node: Node) -> MessageRef | None:
+        """The stored message behind a node (an Alias resolves to one), or None."""
+        return node if isinstance(node, MessageRef) else None
+
+    def dir_mtime_ns(self, node: DirNode) -> int | None:
+        """When the directory's entries last changed, or None for "mount time"."""
+        return None
+
+    # --- changes; refused unless the layout gives them a meaning ------------
+    def create(self, parts: Parts, creator: int) -> NewFile:
+        raise NotSupported("files cannot be created here")
+
+    def commit(self, new: NewFile) -> None:
+        """The writer of new is done with it: file it (or keep it, for a rename to file it)."""
+        raise NotSupported("files cannot be created here")
+
+    def forget(self, new: NewFile) -> None:
+        """new's fate is decided: its name no longer resolves to it."""
+
+    def unlink(self, parts: Parts, node: Node, actor: Hashable) -> None:
+        raise NotSupported("nothing can be removed here")
+
+    def rename(self, old: Parts, node: Node, new: Parts) -> None:
+        raise NotSupported("nothing can be renamed here")
+
+    def mkdir(self, parts: Parts) -> None:
+        raise NotSupported("no directory can be made here")
+
+    def rmdir(self, parts: Parts, node: DirNode) -> None:
+        raise NotSupported("no directory can be removed here")
+
+    def set_times(self, node: Node, mtime_ns: int | None) -> None:
+        """utimens on what a tool wrote (rsync -t, cp -p): remembered where the
+        layout can, refused on a stored message (it would be a lie)."""
+        if isinstance(node, MessageRef):
+            raise NotSupported("a message's time is its INTERNALDATE")
+
+    # --- what the kernel must forget when the server's state moves ----------
+    def folder_paths(self, folder: Folder) -> list[Parts]:
+        """The directories in which the folder's messages show."""
+        return []
+
+    def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
+        """Paths of these messages (by their listing filename), where the view shows them by that name."""
+        return []
+

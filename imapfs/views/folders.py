@@ -1,0 +1,274 @@
+"""The folder layout: one directory per IMAP folder, one .eml file per message.
+
+Folders nest by the server's delimiter; messages show under the names the
+listing gives them (``names.message_filename``). Writing is mail
+management: a file created in a folder is APPENDed when its writer is done;
+rename moves messages and folders; unlink moves to Trash. The name a tool
+wrote under keeps resolving after the APPEND (an Alias), because tools
+stat, rename and set times on the name they wrote, while the message itself
+lists under its canonical name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Hashable
+
+from cachetools import TTLCache
+
+from imapfs import names, rfc5322
+from imapfs.errors import AlreadyExists, InvalidMessage, NotEmpty, NotFound, NotSupported
+from imapfs.model import Folder
+from imapfs.spool import Spool
+from imapfs.store import MailStore
+from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
+
+log = logging.getLogger(__name__)
+
+# How long the name a file was written under keeps resolving after its APPEND.
+ALIAS_SECONDS = 300
+
+
+class FoldersView(View):
+    """Folders as directories, messages as .eml files."""
+
+    def __init__(self, store: MailStore, spool_dir: str | None = None) -> None:
+        self.store = store
+        self._spool_dir = spool_dir
+        self._lock = threading.Lock()  # guards _new_files, _aliases, _tree_source, _tree, _entries_cache
+        self._new_files: dict[tuple[str, str], NewFile] = {}
+        self._aliases: TTLCache[tuple[str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
+        self._tree_source: list[Folder] | None = None
+        self._tree = DirNode(folder=None)
+        # (parts, node, listing, size epoch, new files) of the last directory listed, and its entries.
+        self._entries_cache: tuple[tuple[object, ...], list[tuple[str, Node]]] | None = None
+
+    # --- the tree --------------------------------------------------------
+    def _root(self) -> DirNode:
+        folders = self.store.folders()
+        with self._lock:
+            if folders is not self._tree_source:
+                self._tree = build_tree(folders)
+                self._tree_source = folders
+            return self._tree
+
+    def _dir(self, parts: Parts) -> DirNode | None:
+        node = self._root()
+        for part in parts:
+            child = node.children.get(part)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def _parent_folder(self, parts: Parts) -> tuple[Folder, str]:
+        """The selectable folder a file path lives in, and the file name."""
+        parent = self._dir(parts[:-1]) if parts else None
+        if parent is None or parent.folder is None or not parent.folder.selectable or not parts:
+            raise NotFound("/".join(parts))
+        return parent.folder, parts[-1]
+
+    def resolve(self, parts: Parts) -> Node:
+        # The hot path of every lookup, open and stat: one walk, and the
+        # write-side tables consulted only when they hold anything.
+        if not parts:
+            return self._root()
+        parent = self._dir(parts[:-1])
+        if parent is None:
+            raise NotFound("/".join(parts))
+        name = parts[-1]
+        child = parent.children.get(name)
+        if child is not None:
+            return child
+        folder = parent.folder
+        if folder is None or not folder.selectable:
+            raise NotFound("/".join(parts))
+        key = (folder.name, name)
+        if self._new_files or self._aliases:
+            with self._lock:
+                new = self._new_files.get(key)
+                alias = self._aliases.get(key)
+            if new is not None:
+                return new
+            if alias is not None:
+                return alias
+        listing, meta = self.store.message(folder.name, name)
+        return MessageRef(folder, listing.uidvalidity, meta)
+
+    def message(self, node: Node) -> MessageRef | None:
+        if isinstance(node, MessageRef):
+            return node
+        if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
+            listing = self.store.listing(node.folder.name)
+            meta = listing.messages.get(node.uid)
+            if meta is not None and listing.uidvalidity == node.uidvalidity:
+                return MessageRef(node.folder, listing.uidvalidity, meta)
+        return None
+
+    def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
+        listing = None
+        if node.folder is not None and node.folder.selectable:
+            listing = self.store.listing(node.folder.name)
+        # A big folder listed again unchanged gets the same entries back:
+        # the same node and listing objects mean nothing changed (both are
+        # replaced, never mutated, when the server's state moves on).
+        with self._lock:
+            writing = [new for (folder, _), new in self._new_files.items()
+                       if node.folder is not None and folder == node.folder.name]
+            key = (parts, node, listing, self.store.size_epoch, tuple(writing))
+            cached = self._entries_cache
+            if cached is not None and len(cached[0]) == len(key) and all(
+                    a is b or a == b for a, b in zip(cached[0], key, strict=True)):
+                return cached[1]
+        items: list[tuple[str, Node]] = list(node.children.items())
+        if listing is not None and node.folder is not None:
+            items.extend((meta.filename, MessageRef(node.folder, listing.uidvalidity, meta))
+                         for meta in listing.messages.values() if meta.filename not in node.children)
+            items.extend((new.name, new) for new in writing)
+        with self._lock:
+            self._entries_cache = (key, items)
+        return items
+
+    # --- messages in -----------------------------------------------------
+    def create(self, parts: Parts, creator: int) -> NewFile:
+        folder, name = self._parent_folder(parts)
+        new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir), owner=self,
+                      creator=creator, handles=1)
+        with self._lock:
+            if (folder.name, name) in self._new_files:
+                new.spool.close()
+                raise AlreadyExists("/".join(parts))
+            self._new_files[(folder.name, name)] = new
+            self._aliases.pop((folder.name, name), None)
+        return new
+
+    def commit(self, new: NewFile) -> None:
+        head = new.spool.read(0, rfc5322.MAX_HEADER_SCAN + 1)
+        problem = rfc5322.looks_like_message(head)
+        if problem:
+            raise InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
+        flags = rfc5322.flags_from_filename(new.name)
+        when = rfc5322.internaldate_from_headers(head)
+        literal = new.spool.literal()
+        appended = self.store.append(new.folder.name, literal, flags, when)
+        uidvalidity, uid = appended if appended else (None, None)
+        mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
+        with new.lock:
+            new.outcome = "appended"
+        with self._lock:
+            # The size the server stores (line endings CRLF), which the message will read with.
+            self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, literal.size, mtime_ns)
+
+    def forget(self, new: NewFile) -> None:
+        with self._lock:
+            if self._new_files.get((new.folder.name, new.name)) is new:
+                del self._new_files[(new.folder.name, new.name)]
+
+    # --- messages out and between folders ---------------------------------
+    def unlink(self, parts: Parts, node: Node, actor: Hashable) -> None:
+        if isinstance(node, NewFile):
+            with node.lock:
+                if node.outcome is None:
+                    node.outcome = "discarded"
+            self.forget(node)
+            return
+        ref = self.message(node)
+        if ref is None:
+            raise NotFound("/".join(parts))
+        self.store.delete(ref.folder.name, ref.uidvalidity, ref.meta.uid, actor)
+        self._forget_aliases_of(ref)
+
+    def _forget_aliases_of(self, ref: MessageRef) -> None:
+        with self._lock:
+            for key, alias in list(self._aliases.items()):
+                if alias.folder.name == ref.folder.name and alias.uid == ref.meta.uid:
+                    self._aliases.pop(key, None)
+
+    def rename(self, old: Parts, node: Node, new: Parts) -> None:
+        if isinstance(node, DirNode):
+            self._rename_folder(old, new, node)
+            return
+        new_folder, new_name = self._parent_folder(new)
+        old_folder, old_name = self._parent_folder(old)
+        if isinstance(node, (NewFile, Alias)) and new_folder.name == old_folder.name:
+            self._rename_written(node, old_name, new_name)
+            return
+        ref = self.message(node)
+        if ref is None:
+            raise NotFound("/".join(old))
+        if new_folder.name == old_folder.name:
+            raise NotSupported("a message's name is derived from it; it cannot be chosen")
+        self.store.move(old_folder.name, ref.uidvalidity, ref.meta.uid, new_folder.name)
+        self._forget_aliases_of(ref)
+
+    def _rename_written(self, source: NewFile | Alias, old_name: str, new_name: str) -> None:
+        """rsync and mail tools write a temp name, then rename it: follow the
+        name, and apply flags the new Maildir-style name carries."""
+        folder = source.folder.name
+        with self._lock:
+            if isinstance(source, NewFile):
+                self._new_files.pop((folder, old_name), None)
+                source.name = new_name
+                self._new_files[(folder, new_name)] = source
+                return
+            self._aliases.pop((folder, old_name), None)
+            self._aliases[(folder, new_name)] = source
+        wanted = set(rfc5322.flags_from_filename(new_name)) - set(rfc5322.flags_from_filename(old_name))
+        if wanted and source.uid is not None and source.uidvalidity is not None:
+            listing = self.store.listing(folder)
+            meta = listing.messages.get(source.uid)
+            if meta is not None:
+                self.store.set_flags(folder, source.uidvalidity, source.uid, tuple(sorted(set(meta.flags) | wanted)))
+
+    def _rename_folder(self, old: Parts, new: Parts, node: DirNode) -> None:
+        if node.folder is None:
+            raise NotSupported("a level that is no IMAP folder has nothing to rename")
+        if not new or self._dir(new) is not None:
+            raise AlreadyExists("/".join(new))
+        if self._dir(new[:-1]) is None:
+            raise NotFound("/".join(new))
+        target = names.parts_to_folder(list(new), node.folder.delimiter)
+        self.store.rename_folder(node.folder.name, target)
+
+    # --- folders ---------------------------------------------------------
+    def mkdir(self, parts: Parts) -> None:
+        if self._dir(parts) is not None:
+            raise AlreadyExists("/".join(parts))
+        if self._dir(parts[:-1]) is None:
+            raise NotFound("/".join(parts))
+        self.store.create_folder(names.parts_to_folder(list(parts), self._delimiter()))
+
+    def _delimiter(self) -> str | None:
+        for folder in self.store.folders():
+            if folder.delimiter:
+                return folder.delimiter
+        return None
+
+    def rmdir(self, parts: Parts, node: DirNode) -> None:
+        if node.children:
+            raise NotEmpty("/".join(parts))
+        if node.folder is None:
+            raise NotFound("/".join(parts))
+        self.store.delete_folder(node.folder.name)
+
+    # --- kernel notices ----------------------------------------------------
+    def folder_paths(self, folder: Folder) -> list[Parts]:
+        return [tuple(names.folder_to_parts(folder.name, folder.delimiter))]
+
+    def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
+        directory = tuple(names.folder_to_parts(folder.name, folder.delimiter))
+        return [(*directory, name) for name in filenames]
+
+
+def build_tree(folders: list[Folder]) -> DirNode:
+    """The directory tree for a folder list; parents the server did not
+    list (no \\Noselect entry for them) still appear as directories."""
+    root = DirNode(folder=None)
+    for folder in sorted(folders, key=lambda f: f.name):
+        node = root
+        for part in names.folder_to_parts(folder.name, folder.delimiter):
+            node = node.children.setdefault(part, DirNode(folder=None))
+        node.folder = folder
+    return root
