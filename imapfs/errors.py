@@ -10,6 +10,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     │   ├── CertificateError     TLS certificate verification failed
     │   ├── AuthenticationError  the server refused the login
     │   └── ServerUnavailable    connection refused, timed out, DNS, dropped
+    │       └── ConnectionLimit  the server refused one more connection for this user
     ├── ProtocolError            the server answered NO/BAD or something unparsable
     │   └── QuotaError           the server refused a write for quota (OVERQUOTA)
     ├── NotFound                 no such folder or message
@@ -46,6 +47,11 @@ class AuthenticationError(ConnectError):
 
 class ServerUnavailable(ConnectError):
     """The server cannot be reached, or the connection dropped."""
+
+
+class ConnectionLimit(ServerUnavailable):
+    """The server refused a login because the user has as many connections as it allows
+    (Dovecot's mail_max_userip_connections, Gmail's 15): use one already open."""
 
 
 class ProtocolError(ImapFSError):

@@ -93,6 +93,7 @@ class Dovecot:
         imaps_port: int = 0,
         imap_port: int = 0,
         max_user_connections: int = 100,
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         # passwd-file is colon separated: these characters would corrupt the user db.
         for value, what in ((user, "user"), (password, "password")):
@@ -109,13 +110,19 @@ class Dovecot:
         #: 0 means "pick a free port at the first start()"; then fixed for restarts.
         self.imaps_port = imaps_port
         self.imap_port = imap_port
+        #: Dovecot's mail_max_userip_connections (its own default is 10).
         self.max_user_connections = max_user_connections
+        #: When set, logins with OAUTHBEARER/XOAUTH2 are checked by Dovecot's oauth2 passdb,
+        #: which POSTs the token to this URL (see tests/support/oauth2.py); the password
+        #: passdb keeps serving PLAIN/LOGIN, so password logins work as before.
+        self.oauth2_introspection_url = oauth2_introspection_url
 
         self.tls_dir = self.base_dir / "tls"
         self.ca_file = self.tls_dir / "ca.pem"
         self.other_ca_file = self.tls_dir / "other-ca.pem"
         self.config_file = self.base_dir / "dovecot.conf"
         self.users_file = self.base_dir / "users"
+        self.oauth2_file = self.base_dir / "dovecot-oauth2.conf.ext"
         self.mail_dir = self.base_dir / "mail"
         self.home_dir = self.base_dir / "home"
         self.state_dir = self.base_dir / "state"
@@ -325,6 +332,11 @@ class Dovecot:
         os.chown(self.users_file, 0, gid)
         self.users_file.chmod(0o640)
 
+        if self.oauth2_introspection_url:
+            self.oauth2_file.write_text(self._oauth2_text())
+            os.chown(self.oauth2_file, 0, gid)
+            self.oauth2_file.chmod(0o640)
+
         if not self.imaps_port or not self.imap_port:
             free = iter(port for port in _free_ports(3) if port not in (self.imaps_port, self.imap_port))
             self.imaps_port = self.imaps_port or next(free)
@@ -391,15 +403,16 @@ ssl_cert = <{tls / "server.pem"}
 ssl_key = <{tls / "server.key"}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" oauthbearer xoauth2" if self.oauth2_introspection_url else ""}
 # Wrong-password tests should not each wait the default 2 s.
 auth_failure_delay = 0
 
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {self.users_file}
 }}
-userdb {{
+{self._oauth2_passdb_text()}userdb {{
   driver = passwd-file
   args = username_format=%u {self.users_file}
 }}
@@ -460,6 +473,31 @@ service anvil {{
   }}
 }}
 """
+
+    def _oauth2_passdb_text(self) -> str:
+        if not self.oauth2_introspection_url:
+            return ""
+        return f"""passdb {{
+  driver = oauth2
+  mechanisms = oauthbearer xoauth2
+  args = {self.oauth2_file}
+}}
+"""
+
+    def _oauth2_text(self) -> str:
+        # No tokeninfo_url: every login goes straight to introspection, and
+        # Dovecot's auth cache is off (auth_cache_size defaults to 0), so the
+        # endpoint's answer of the moment decides each login.
+        return (
+            f"introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "username_attribute = username\n"
+            "username_format = %u\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            "force_introspection = yes\n"
+            "timeout_msecs = 5000\n"
+        )
 
     def _wait_until_ready(self) -> None:
         """Poll until the plain port greets and the TLS port accepts, or the master dies."""
