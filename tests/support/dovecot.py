@@ -94,6 +94,7 @@ class Dovecot:
         imap_port: int = 0,
         max_user_connections: int = 100,
         oauth2_introspection_url: str | None = None,
+        oauth2_mechanisms: tuple[str, ...] = ("oauthbearer", "xoauth2"),
     ) -> None:
         # passwd-file is colon separated: these characters would corrupt the user db.
         for value, what in ((user, "user"), (password, "password")):
@@ -116,6 +117,8 @@ class Dovecot:
         #: which POSTs the token to this URL (see tests/support/oauth2.py); the password
         #: passdb keeps serving PLAIN/LOGIN, so password logins work as before.
         self.oauth2_introspection_url = oauth2_introspection_url
+        #: The SASL mechanisms offered for tokens (e.g. only xoauth2, as some providers do).
+        self.oauth2_mechanisms = oauth2_mechanisms
 
         self.tls_dir = self.base_dir / "tls"
         self.ca_file = self.tls_dir / "ca.pem"
@@ -403,7 +406,7 @@ ssl_cert = <{tls / "server.pem"}
 ssl_key = <{tls / "server.key"}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login{" oauthbearer xoauth2" if self.oauth2_introspection_url else ""}
+auth_mechanisms = plain login{self._oauth2_mechanisms_text(" ")}
 # Wrong-password tests should not each wait the default 2 s.
 auth_failure_delay = 0
 
@@ -479,10 +482,13 @@ service anvil {{
             return ""
         return f"""passdb {{
   driver = oauth2
-  mechanisms = oauthbearer xoauth2
+  mechanisms = {self._oauth2_mechanisms_text()}
   args = {self.oauth2_file}
 }}
 """
+
+    def _oauth2_mechanisms_text(self, prefix: str = "") -> str:
+        return prefix + " ".join(self.oauth2_mechanisms) if self.oauth2_introspection_url else ""
 
     def _oauth2_text(self) -> str:
         # No tokeninfo_url: every login goes straight to introspection, and
