@@ -490,6 +490,12 @@ def _connect_once(account: Account, credentials: Credentials, secret: str, optio
         # redacts LOGIN and AUTHENTICATE lines, and imaplib logs only the
         # size of the AUTHENTICATE responses that carry a token.)
         client._imap.debug = 5 if options.debug else 0
+        if options.debug:
+            # imaplib's print_log (after a lost connection) calls _mesg(text,
+            # secs); imapclient's replacement takes the text alone, so each
+            # such line became a "--- Logging error ---" traceback.
+            trace = client._imap._mesg
+            client._imap._mesg = lambda text, secs=None: trace(text)
         if not account.implicit_tls:
             if client.has_capability("STARTTLS"):
                 client.starttls(context)
