@@ -25,6 +25,7 @@ Pure apart from running the command; imports only the error tree.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import threading
 import time
@@ -35,6 +36,7 @@ from imapfs.errors import ConfigError
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 60.0
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#]*)[?#]\S*", re.IGNORECASE)
 #: A command that printed a token the server then refused is not run again
 #: sooner than this for the same token (its helper has nothing newer yet).
 RERUN_REFUSED_AFTER = 5.0
@@ -47,7 +49,9 @@ def first_output_line(command: str, option: str, what: str, *, strip: bool = Fal
 
     Its stdin is /dev/null (a mount has no terminal to ask on). The error
     messages name the option and quote the command's last line on stderr
-    (where helpers say why they failed), never its stdout.
+    (where helpers say why they failed), never its stdout, and without URL
+    query strings: pizauth's "authorise with URL ..." carries the client
+    secret there, and a renewal's failure is logged.
     """
     try:
         done = subprocess.run(command, shell=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -57,7 +61,8 @@ def first_output_line(command: str, option: str, what: str, *, strip: bool = Fal
         raise ConfigError(f"{option} could not be started: {exc.strerror or exc}") from None
     if done.returncode != 0:
         said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = f": {said[-1].strip()[:200]}" if said else ""
+        last = _URL_QUERY.sub(r"\1?...", said[-1].strip())[:200] if said else ""
+        reason = f": {last}" if last else ""
         raise ConfigError(f"{option} failed with exit status {done.returncode}{reason}")
     lines = done.stdout.decode("utf-8", "replace").splitlines()
     line = (lines[0].strip() if strip else lines[0]) if lines else ""

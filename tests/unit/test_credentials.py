@@ -121,6 +121,12 @@ def test_first_output_line_of_a_real_shell_command():
     assert first_output_line("printf ' pass \\n'", "password_command", "password") == " pass "
     with pytest.raises(ConfigError, match=r"^oauth2_token_command failed with exit status 3: not authorised$"):
         first_output_line("echo secret-stdout; echo 'not authorised' >&2; exit 3", "oauth2_token_command", "token")
+    # pizauth's "authorise first" line carries the client secret in the URL's query: not repeated.
+    pizauth = ("echo 'ERROR - Token unavailable until authorised with URL https://login.example/authorize?"
+               "client_id=abc&client_secret=s3cr3t' >&2; exit 1")
+    with pytest.raises(ConfigError) as raised:
+        first_output_line(pizauth, "oauth2_token_command", "token")
+    assert str(raised.value).endswith("with URL https://login.example/authorize?...")
     with pytest.raises(ConfigError, match="printed no token"):
         first_output_line("echo '   '", "oauth2_token_command", "token", strip=True)
     with pytest.raises(ConfigError, match="did not finish within 1 s"):
