@@ -182,7 +182,7 @@ def test_a_refused_token_at_mount_is_one_line_and_no_mount(oauth_dovecot, idp, t
     token = new_token()  # never issued: the server refuses it
     token_file.write_text(token + "\n")
     failed = oauth_mount(mount, oauth_dovecot, token_file, expect_fail=True)
-    assert failed.returncode != 0
+    assert failed.returncode == 1
     lines = [line for line in failed.output.splitlines() if line.strip()]
     assert len(lines) == 1, failed.output
     assert lines[0].startswith("imapfs: error: login refused")
@@ -243,7 +243,7 @@ def test_an_unusable_ca_file_is_one_line(dovecot, mount, tmp_path, kind):
     if kind == "empty":
         path.write_text("")
     failed = mount(ca_file=path, expect_fail=True)
-    assert failed.returncode != 0
+    assert failed.returncode == 2
     lines = [line for line in failed.output.splitlines() if line.strip()]
     assert len(lines) == 1, failed.output
     assert lines[0].startswith(f"imapfs: error: ca_file {path}")
