@@ -49,7 +49,7 @@ class Options:
                             "IDLE; 4+1 leave half of Dovecot's default 10 per user and IP, and two thirds of "
                             "Gmail's 15, to other clients; when the server refuses one for a connection "
                             "limit, imapfs makes do with those it has", minimum=1)
-    debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords are never logged)")
+    debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords and tokens are never logged)")
     allow_other: bool = _opt(False, "let other users access the mount (needs user_allow_other)")
     log_file: str | None = _opt(None, "write the log here (default: stderr in -f, syslog otherwise)")
     timeout: float = _opt(20.0, "seconds before an unanswered IMAP command counts as a dead connection",
