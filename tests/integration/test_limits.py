@@ -19,7 +19,7 @@ from pathlib import Path
 import imapclient
 import pytest
 
-from tests.integration.helpers import eml_files, message, server_messages, sh
+from tests.integration.helpers import eml_files, message, server_messages, sh, wait_for
 from tests.support.dovecot import Dovecot
 
 LIMIT_TEXT = "Maximum number of connections from user+IP exceeded"
@@ -103,19 +103,22 @@ def test_parallel_readers_get_every_byte_while_other_clients_hold_most_connectio
 def test_with_no_connection_to_be_had_reads_fail_in_time_and_recover(capped_dovecot, mount):
     folder = "starved"
     seed(capped_dovecot, folder, 4)
-    m = mount("connections=2", "retry_for=3", "listing_ttl=3600", url=capped_dovecot.url,
+    # idle=no: no IDLE connection of imapfs's own that could take a slot back after the kick.
+    m = mount("connections=2", "retry_for=3", "listing_ttl=3600", "idle=no", url=capped_dovecot.url,
               ca_file=capped_dovecot.ca_file)
     files = list(by_uid(m.path / folder).values())  # listed (and cached) while connections were free
     assert len(files) == 4
     capped_dovecot.kick()  # drops imapfs's connections...
+    assert wait_for(lambda: capped_dovecot.connections() == 0, timeout=10), "kicked connections still counted"
     others = hold_connections(capped_dovecot, 4)  # ...and other clients take every slot
     try:
-        assert others, "no slot was free after the kick"
+        assert len(others) == 4 and capped_dovecot.connections() == 4
         started = time.monotonic()
         done = sh("cat", files[0], check=False)
         took = time.monotonic() - started
         assert done.returncode != 0 and b"Input/output error" in done.stderr
         assert took < 3 + 20 + 5, f"took {took:.1f} s"  # retry_for, one command timeout, slack
+        assert "no more connections allowed" in m.log()
     finally:
         release(others)
     # Connections to be had again: reads work again, without a remount.

@@ -237,6 +237,19 @@ class Dovecot:
                 f"doveadm kick failed ({result.returncode}): {result.stdout}{result.stderr}\n{self._log_tail()}"
             )
 
+    def connections(self) -> int:
+        """How many IMAP connections the user has now, as Dovecot counts them for its limit."""
+        result = subprocess.run(
+            [DOVEADM_BIN, "-c", str(self.config_file), "who", "-1", self.user],
+            capture_output=True,
+            text=True,
+            timeout=STOP_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise DovecotError(f"doveadm who failed ({result.returncode}): {result.stdout}{result.stderr}")
+        return sum(1 for line in result.stdout.splitlines()[1:] if line.split()[:1] == [self.user])
+
     def ssl_context(self, ca_file: Path | None = None) -> ssl.SSLContext:
         """A verifying client context that trusts only ``ca_file`` (default: this server's CA)."""
         return ssl.create_default_context(cafile=str(ca_file or self.ca_file))
