@@ -549,11 +549,10 @@ def _oauth2_login(client: Any, account: Account, token: str) -> None:
     challenges: list[bytes] = []
 
     def respond(challenge: bytes) -> str:
-        if not challenges and not challenge:
-            challenges.append(b"")
-            return first
         challenges.append(challenge)
-        return dummy
+        # The first challenge is empty (client-first mechanisms); any later
+        # one is the server's error report, and the token is never sent twice.
+        return first if len(challenges) == 1 else dummy
 
     try:
         client._command_and_check("authenticate", mechanism, respond)

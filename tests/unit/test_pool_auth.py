@@ -14,7 +14,8 @@ import pytest
 
 from imapfs import pool as pool_module
 from imapfs.config import Account, Options
-from imapfs.errors import AuthenticationError, ConnectionLimit, ProtocolError, ServerUnavailable
+from imapfs.credentials import Credentials
+from imapfs.errors import AuthenticationError, ConfigError, ConnectionLimit, ProtocolError, ServerUnavailable
 from imapfs.pool import _CONNECTION_LIMIT, ConnectionPool, _oauth2_login, translate
 from tests.unit.fakes import FakeServer
 
@@ -198,3 +199,45 @@ def test_after_a_shrink_the_pool_grows_again_when_the_server_allows(monkeypatch)
         run_parallel(pool, capped, 6)
         time.sleep(0.05)
     assert pool.limit == 3 and capped.live == 3
+
+
+def test_connect_renews_a_refused_token_and_logs_in_again(monkeypatch):
+    tried: list[str] = []
+
+    def connect_once(account, credentials, secret, options):
+        tried.append(secret)
+        if secret == "old":
+            raise AuthenticationError("login refused (imap.example:993): the OAuth2 token ... was not accepted")
+        return f"session with {secret}"
+
+    monkeypatch.setattr(pool_module, "_connect_once", connect_once)
+    tokens = iter(["old", "new"])
+    credentials = Credentials(token_command="helper", run=lambda _command: next(tokens))
+    assert pool_module.connect(ACCOUNT, credentials, Options()) == "session with new"
+    assert tried == ["old", "new"]
+
+
+def test_connect_gives_up_when_renewing_cannot_help(monkeypatch):
+    def refuse(account, credentials, secret, options):
+        raise AuthenticationError("login refused (imap.example:993): not accepted")
+
+    monkeypatch.setattr(pool_module, "_connect_once", refuse)
+    same = Credentials(token_command="helper", run=lambda _command: "same")
+    with pytest.raises(AuthenticationError, match="^login refused"):
+        pool_module.connect(ACCOUNT, same, Options())
+    assert same.command_runs == 2  # once to log in, once more after the refusal
+
+    runs = iter(["first"])
+
+    def helper(_command: str) -> str:
+        try:
+            return next(runs)
+        except StopIteration:
+            raise ConfigError("oauth2_token_command failed with exit status 1: offline") from None
+
+    failing = Credentials(token_command="helper", run=helper)
+    with pytest.raises(AuthenticationError, match="not accepted; and renewing the token failed: .*offline$"):
+        pool_module.connect(ACCOUNT, failing, Options())
+    # Password logins are never retried.
+    with pytest.raises(AuthenticationError):
+        pool_module.connect(ACCOUNT, "pw", Options())
