@@ -17,7 +17,8 @@ import textwrap
 from dataclasses import dataclass, field
 
 from imapfs import __version__
-from imapfs.config import Account, Options, find_password, parse_options, parse_url
+from imapfs.config import Account, Options, find_credentials, parse_options, parse_url
+from imapfs.credentials import Credentials
 from imapfs.errors import ConfigError, ImapFSError
 
 log = logging.getLogger("imapfs")
@@ -82,6 +83,13 @@ def help_text() -> str:
 
         Password, first found: $IMAPFS_PASSWORD, -o password_command=CMD,
         ~/.netrc (machine HOST login USER password ...), a prompt on the terminal.
+        OAuth2 instead: -o oauth2_token_command=CMD prints an access token (oama,
+        pizauth, mutt_oauth2.py); imapfs runs it again when the token is refused
+        or older than oauth2_token_lifetime.
+
+        Connections: at most `connections` (4) plus one for IDLE. Servers cap them
+        per user (Dovecot 10 per user and IP, Gmail 15); when one refuses more,
+        imapfs waits for a connection it has instead of failing.
 
         Flags:
             -f                        stay in the foreground
@@ -146,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         mountpoint = os.path.abspath(args.positional[1])
         if not os.path.isdir(mountpoint):
             return fail(f"mount point {mountpoint} does not exist or is not a directory", EXIT_USAGE)
-        password = find_password(account, options)
+        check_ca_file(options)
+        credentials = find_credentials(account, options)
     except ConfigError as exc:
         return fail(str(exc), EXIT_USAGE)
     except (KeyboardInterrupt, EOFError):
@@ -154,25 +163,33 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(options, foreground=True)
     try:
-        check_account(account, password, options)
+        check_account(account, credentials, options)
     except ImapFSError as exc:
         return fail(str(exc))
 
     if args.foreground:
-        return run_mount(account, password, options, fuse_options, mountpoint, args.fuse_debug, None)
-    return daemonize_and_mount(account, password, options, fuse_options, mountpoint)
+        return run_mount(account, credentials, options, fuse_options, mountpoint, args.fuse_debug, None)
+    return daemonize_and_mount(account, credentials, options, fuse_options, mountpoint)
 
 
-def check_account(account: Account, password: str, options: Options) -> None:
-    """Log in once before mounting, so a wrong password or a bad certificate
-    is reported here, as one line, instead of as EIO on every file later."""
+def check_account(account: Account, credentials: Credentials, options: Options) -> None:
+    """Log in once before mounting, so a wrong password, a refused token or a
+    bad certificate is reported here, as one line, instead of as EIO on every
+    file later."""
     from imapfs.pool import connect
 
-    session = connect(account, password, options)
+    session = connect(account, credentials, options)
     session.logout()
 
 
-def daemonize_and_mount(account: Account, password: str, options: Options, fuse_options: dict,
+def check_ca_file(options: Options) -> None:
+    """A ca_file that is missing, a directory or not PEM: one line (ConfigError), before asking for a password."""
+    from imapfs.pool import make_ssl_context
+
+    make_ssl_context(options.ca_file)
+
+
+def daemonize_and_mount(account: Account, credentials: Credentials, options: Options, fuse_options: dict,
                         mountpoint: str) -> int:
     """Fork; the parent returns 0 only once the child reports the mount ready.
 
@@ -191,7 +208,7 @@ def daemonize_and_mount(account: Account, password: str, options: Options, fuse_
     setup_logging(options, foreground=False)
     code = EXIT_FAILURE
     try:
-        code = run_mount(account, password, options, fuse_options, mountpoint, False, write_fd)
+        code = run_mount(account, credentials, options, fuse_options, mountpoint, False, write_fd)
     finally:
         os._exit(code)
 
@@ -220,7 +237,7 @@ def prefer_libfuse3() -> None:
         os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
 
-def run_mount(account: Account, password: str, options: Options, fuse_options: dict, mountpoint: str,
+def run_mount(account: Account, credentials: Credentials, options: Options, fuse_options: dict, mountpoint: str,
               fuse_debug: bool, ready_fd: int | None) -> int:
     prefer_libfuse3()
 
@@ -239,7 +256,7 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
             os.close(ready_fd)
             redirect_stdio_to_devnull()
 
-    pool = ConnectionPool(account, password, options)
+    pool = ConnectionPool(account, credentials, options)
     store = MailStore(pool, options)
     watcher: Watcher | None = None
 
@@ -257,7 +274,7 @@ def run_mount(account: Account, password: str, options: Options, fuse_options: d
     root = CompositeRoot(FoldersView(store, spool_dir=options.spool_directory))
     operations = ImapFS(store, root, read_only=options.ro, kernel_opens=kernel_opens, on_init=start,
                         on_destroy=lambda: watcher.stop())
-    watcher = Watcher(account, password, options, pool, listings=store.cached_listings,
+    watcher = Watcher(account, credentials, options, pool, listings=store.cached_listings,
                       folders=store.cached_folders,
                       folder_changed=operations.folder_changed, folders_changed=operations.folders_changed)
     store.on_folder_used = watcher.folder_used

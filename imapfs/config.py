@@ -1,5 +1,5 @@
 """Command-line configuration: the account URL, every -o option, and where
-the password comes from.
+the password or OAuth2 token comes from.
 
 Each tunable is one field of the frozen ``Options`` dataclass, with its
 default and its help text next to it (``imapfs --help`` prints them), so an
@@ -13,12 +13,12 @@ import dataclasses
 import getpass
 import netrc
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from imapfs.credentials import Credentials, first_output_line
 from imapfs.errors import ConfigError
 
 PASSWORD_ENV = "IMAPFS_PASSWORD"
@@ -38,10 +38,18 @@ class Options:
                            "size the server understates may then read short once, until imapfs corrects it")
     ca_file: str | None = _opt(None, "PEM file of CA certificates to trust instead of the system store")
     password_command: str | None = _opt(None, "shell command whose first output line is the password")
+    oauth2_token_command: str | None = _opt(None, "shell command whose first output line is an OAuth2 access "
+                                            "token: log in with OAUTHBEARER or XOAUTH2 instead of a password; "
+                                            "run again when the token ages or is refused")
+    oauth2_token_lifetime: float = _opt(3000.0, "seconds a token from oauth2_token_command is used for new "
+                                        "logins before the command is run again (it also runs again at "
+                                        "once when a login is refused)", minimum=1)
     insecure_plaintext: bool = _opt(False, "allow imap:// without STARTTLS (password sent in clear)")
-    connections: int = _opt(4, "maximum IMAP connections for file operations (plus one that watches with IDLE)",
-                            minimum=1)
-    debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords are never logged)")
+    connections: int = _opt(4, "maximum IMAP connections for file operations, plus one that watches with "
+                            "IDLE; 4+1 leave half of Dovecot's default 10 per user and IP, and two thirds of "
+                            "Gmail's 15, to other clients; when the server refuses one for a connection "
+                            "limit, imapfs makes do with those it has", minimum=1)
+    debug: bool = _opt(False, "log IMAP commands and FUSE calls (passwords and tokens are never logged)")
     allow_other: bool = _opt(False, "let other users read the mount (needs user_allow_other); only the user "
                              "who mounted it may change mail")
     log_file: str | None = _opt(None, "write the log here (default: stderr in -f, syslog otherwise)")
@@ -225,17 +233,7 @@ def find_password(account: Account, options: Options, *, environ: dict[str, str]
     if environ.get(PASSWORD_ENV):
         return environ[PASSWORD_ENV]
     if options.password_command:
-        try:
-            done = subprocess.run(options.password_command, shell=True, capture_output=True, timeout=60,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise ConfigError("password_command did not finish within 60 s") from None
-        if done.returncode != 0:
-            raise ConfigError(f"password_command failed with exit status {done.returncode}")
-        lines = done.stdout.decode("utf-8", "replace").splitlines()
-        if not lines or not lines[0]:
-            raise ConfigError("password_command printed no password")
-        return lines[0]
+        return first_output_line(options.password_command, "password_command", "password")
     path = netrc_file or os.path.join(os.path.expanduser("~"), ".netrc")
     if os.path.exists(path):
         try:
@@ -250,3 +248,17 @@ def find_password(account: Account, options: Options, *, environ: dict[str, str]
         return getpass.getpass(f"Password for {account.user}@{account.host}: ")
     raise ConfigError(f"no password for {account.user}@{account.host}: set {PASSWORD_ENV}, "
                       "-o password_command=..., or a ~/.netrc entry")
+
+
+def find_credentials(account: Account, options: Options, **password_sources: Any) -> Credentials:
+    """OAuth2 when -o oauth2_token_command is given (its command runs now, so a
+    failing helper is reported before mounting); otherwise the password, from
+    the sources find_password tries."""
+    if options.oauth2_token_command:
+        if options.password_command:
+            raise ConfigError("give either oauth2_token_command or password_command, not both")
+        credentials = Credentials(token_command=options.oauth2_token_command,
+                                  token_lifetime=options.oauth2_token_lifetime)
+        credentials.secret()
+        return credentials
+    return Credentials.password(find_password(account, options, **password_sources))

@@ -10,7 +10,8 @@ are translated once, in pool.py, with ``raise ... from exc``.
     │   ├── CertificateError     TLS certificate verification failed
     │   ├── AuthenticationError  the server refused the login
     │   └── ServerUnavailable    connection refused, timed out, DNS, dropped
-    │       └── WriteUncertain   dropped after a write was sent whole: done or not, nobody knows
+    │       ├── WriteUncertain   dropped after a write was sent whole: done or not, nobody knows
+    │       └── ConnectionLimit  the server refused one more connection for this user
     ├── ProtocolError            the server answered NO/BAD or something unparsable
     │   └── QuotaError           the server refused a write for quota (OVERQUOTA)
     ├── NotFound                 no such folder or message
@@ -54,6 +55,11 @@ class ServerUnavailable(ConnectError):
 class WriteUncertain(ServerUnavailable):
     """The connection failed after a write was sent completely, before the
     server's answer: it may or may not have been carried out. Never retried."""
+
+
+class ConnectionLimit(ServerUnavailable):
+    """The server refused a login because the user has as many connections as it allows
+    (Dovecot's mail_max_userip_connections, Gmail's 15): use one already open."""
 
 
 class ProtocolError(ImapFSError):

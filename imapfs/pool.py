@@ -15,7 +15,9 @@ import contextlib
 import datetime as dt
 import functools
 import imaplib
+import json
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -29,11 +31,14 @@ from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr, seq_to_parenstr_upper
 
 from imapfs.config import Account, Options
+from imapfs.credentials import Credentials
 from imapfs.errors import (
     AlreadyExists,
     AuthenticationError,
     CertificateError,
+    ConfigError,
     ConnectError,
+    ConnectionLimit,
     ImapFSError,
     NotFound,
     NotSupported,
@@ -50,6 +55,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A pooled connection idle longer than this is probed with NOOP before a write.
 IDLE_CHECK_AFTER = 20.0
+# After a connection-limit refusal, the pool tries one connection more this often.
+LIMIT_PROBE_INTERVAL = 60.0
+
+
+# A login refused because the user has all the connections the server allows.
+# Dovecot 2.3: "[LIMIT] Maximum number of connections from user+IP exceeded",
+# later Dovecots "[UNAVAILABLE] Maximum number of connections ...", Gmail
+# "[ALERT] Too many simultaneous connections. (Failure)"; [LIMIT] is RFC 5530's
+# code for it. Matched on the server's text, whatever the exception, but only
+# while connecting: [LIMIT] on other commands is about other limits.
+_CONNECTION_LIMIT = re.compile(
+    r"\[LIMIT\]|too many (?:simultaneous |concurrent |open |parallel )?(?:connections|sessions|logins)"
+    r"|maximum (?:number of )?(?:simultaneous |concurrent )?(?:connections|sessions)"
+    r"|connection limit", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=4)
@@ -57,9 +76,20 @@ def make_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """A verifying context: the system store, or only ca_file when given.
 
     Made once and shared by every connection: loading the CA store costs
-    about as much as a TLS handshake on loopback.
+    about as much as a TLS handshake on loopback. A ca_file that cannot be
+    used is a ConfigError naming it.
     """
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+    try:
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+    except ssl.SSLError as exc:
+        raise ConfigError(f"ca_file {ca_file} is not a PEM file of CA certificates "
+                          f"({exc.reason or exc})") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"ca_file {ca_file} is a directory; give a PEM file of CA certificates") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"ca_file {ca_file} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read ca_file {ca_file}: {exc.strerror or exc}") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -467,10 +497,32 @@ def _appenduid(response: Any) -> tuple[int, int] | None:
     return None
 
 
-def connect(account: Account, password: str, options: Options) -> Session:
-    """Open, secure and log in one connection; raise ConnectError subclasses."""
+def connect(account: Account, credentials: Credentials | str, options: Options) -> Session:
+    """Open, secure and log in one connection; raise ConnectError subclasses.
+
+    With OAuth2 credentials, a refused token is renewed (credentials.py
+    says when) and the login tried once more on a new connection.
+    """
+    if isinstance(credentials, str):
+        credentials = Credentials.password(credentials)
+    secret = credentials.secret()
+    try:
+        return _connect_once(account, credentials, secret, options)
+    except AuthenticationError as refused:
+        if not credentials.oauth2:
+            raise
+        try:
+            fresh = credentials.renew_after_refusal(secret)
+        except ConfigError as exc:
+            raise AuthenticationError(f"{refused}; and renewing the token failed: {exc}") from exc
+        if fresh is None:
+            raise
+        return _connect_once(account, credentials, fresh, options)
+
+
+def _connect_once(account: Account, credentials: Credentials, secret: str, options: Options) -> Session:
+    context = make_ssl_context(options.ca_file)  # ConfigError for a ca_file that cannot be used
     timeout = SocketTimeout(connect=min(options.timeout, 10.0), read=options.timeout)
-    context = make_ssl_context(options.ca_file)
     client = None
     try:
         client = imapclient.IMAPClient(account.host, port=account.port, ssl=account.implicit_tls,
@@ -480,14 +532,27 @@ def connect(account: Account, password: str, options: Options) -> Session:
         # imapclient turns imaplib's protocol trace on (debug=5), and imaplib
         # then formats the repr of every response, bodies included, for a
         # logger that usually drops it: a third of a cold grep's CPU time.
+        # (With -o debug the trace is on; it never holds a secret: imapclient
+        # redacts LOGIN and AUTHENTICATE lines, and imaplib logs only the
+        # size of the AUTHENTICATE responses that carry a token.)
         client._imap.debug = 5 if options.debug else 0
+        if options.debug:
+            # imaplib's print_log (after a lost connection) calls _mesg(text,
+            # secs); imapclient's replacement takes the text alone, so each
+            # such line became a "--- Logging error ---" traceback.
+            trace = client._imap._mesg
+            client._imap._mesg = lambda text, secs=None: trace(text)
         if not account.implicit_tls:
             if client.has_capability("STARTTLS"):
                 client.starttls(context)
             elif not options.insecure_plaintext:
+                what = "token" if credentials.oauth2 else "password"
                 raise ConnectError(f"{account.host}:{account.port} does not offer STARTTLS; refusing to "
-                                   "send the password in clear (use imaps:// or -o insecure_plaintext)")
-        client.login(account.user, password)
+                                   f"send the {what} in clear (use imaps:// or -o insecure_plaintext)")
+        if credentials.oauth2:
+            _oauth2_login(client, account, secret)
+        else:
+            client.login(account.user, secret)
         session = Session(client, account)
         if session.has("QRESYNC"):
             # Lets a resync ask for expunged UIDs (VANISHED) instead of listing every UID.
@@ -498,7 +563,64 @@ def connect(account: Account, password: str, options: Options) -> Session:
         raise
     except Exception as exc:
         _close_quietly(client)
+        if isinstance(exc, imaplib.IMAP4.error) and _CONNECTION_LIMIT.search(_server_text(exc)):
+            raise ConnectionLimit(f"no more connections allowed ({account.host}:{account.port}): "
+                                  f"{_server_text(exc)}") from exc
         raise translate(exc, account) from exc
+
+
+def _oauth2_login(client: Any, account: Account, token: str) -> None:
+    """AUTHENTICATE OAUTHBEARER (RFC 7628) if the server offers it, else XOAUTH2.
+
+    On a refused token the server sends its reason as a JSON challenge,
+    which the client must answer with a dummy response (%x01 for
+    OAUTHBEARER, an empty line for XOAUTH2) before the tagged NO; the
+    reason's status goes into the error message. imapclient's own
+    oauth*_login would send the token a second time instead.
+    """
+    offered = {c.decode().upper() if isinstance(c, bytes) else str(c).upper() for c in client.capabilities()}
+    if "AUTH=OAUTHBEARER" in offered:
+        mechanism = "OAUTHBEARER"
+        user = account.user.replace("=", "=3D").replace(",", "=2C")
+        first = f"n,a={user},\x01auth=Bearer {token}\x01\x01"
+        dummy = "\x01"
+    elif "AUTH=XOAUTH2" in offered:
+        mechanism = "XOAUTH2"
+        first = f"user={account.user}\x01auth=Bearer {token}\x01\x01"
+        dummy = ""
+    else:
+        mechanisms = sorted(c[5:] for c in offered if c.startswith("AUTH=")) or ["none"]
+        raise AuthenticationError(f"{account.host}:{account.port} offers neither OAUTHBEARER nor XOAUTH2 "
+                                  f"(it offers {', '.join(mechanisms)}); oauth2_token_command cannot be used")
+    challenges: list[bytes] = []
+
+    def respond(challenge: bytes) -> str:
+        challenges.append(challenge)
+        # The first challenge is empty (client-first mechanisms); any later
+        # one is the server's error report, and the token is never sent twice.
+        return first if len(challenges) == 1 else dummy
+
+    try:
+        client._command_and_check("authenticate", mechanism, respond)
+    except imaplib.IMAP4.error as exc:
+        if isinstance(exc, imaplib.IMAP4.abort) or _CONNECTION_LIMIT.search(_server_text(exc)):
+            raise
+        reason = _oauth2_status(challenges[1:])
+        raise AuthenticationError(
+            f"login refused ({account.host}:{account.port}): the OAuth2 token from oauth2_token_command "
+            f"was not accepted ({mechanism}): {_server_text(exc)}{reason}") from exc
+
+
+def _oauth2_status(challenges: list[bytes]) -> str:
+    """' (status: invalid_token)' from a server's RFC 7628 error challenge, or ''."""
+    for challenge in challenges:
+        try:
+            status = json.loads(challenge.decode("utf-8", "replace")).get("status")
+        except (ValueError, AttributeError):
+            continue
+        if status:
+            return f" (status: {str(status)[:60]})"
+    return ""
 
 
 def _close_quietly(client: Any) -> None:
@@ -515,61 +637,106 @@ class ConnectionPool:
     retried on a fresh connection with exponential backoff, a bounded number
     of times, so a dropped connection or a restarted server costs a retry,
     not an error.
+
+    When the server refuses a login for a connection limit (other clients
+    hold the rest of what it allows per user), the pool shrinks to the
+    sessions it has and borrowers wait for one of those; every
+    LIMIT_PROBE_INTERVAL seconds it tries one connection more, up to
+    ``connections``. Only with no session at all does the refusal reach the
+    borrower (as ServerUnavailable, which run() retries within retry_for).
     """
 
-    def __init__(self, account: Account, password: str, options: Options,
-                 connector: Callable[[Account, str, Options], Session] = connect) -> None:
+    def __init__(self, account: Account, credentials: Credentials | str, options: Options,
+                 connector: Callable[[Account, Credentials, Options], Session] = connect) -> None:
         self.account = account
-        self._password = password
+        self._credentials = Credentials.password(credentials) if isinstance(credentials, str) else credentials
         self._options = options
         self._connector = connector
-        self._slots = threading.BoundedSemaphore(options.connections)
-        self._lock = threading.Lock()  # guards _idle and _closed
+        # Guards _idle, _established, _connecting, _limit, _probe_at, _closed and
+        # _down_since; waited on for a session to come back or a slot to free.
+        self._cond = threading.Condition(threading.Lock())
         self._idle: list[Session] = []
+        self._established = 0  # sessions lent out or idle
+        self._connecting = 0  # connections being opened now
+        self._limit = options.connections  # below connections after a connection-limit refusal
+        self._probe_at: float | None = None  # when to try one connection over _limit again
         self._closed = False
-        self._down_since: float | None = None  # guarded by _lock: when connecting started failing
+        self._down_since: float | None = None  # when connecting started failing
 
     @property
     def server_down(self) -> bool:
         return self._down_since is not None
 
+    @property
+    def limit(self) -> int:
+        """How many sessions the pool may hold now (``connections``, or fewer after a refusal)."""
+        with self._cond:
+            return self._limit
+
     def _acquire(self) -> Session:
-        if not self._slots.acquire(timeout=max(self._options.timeout * 2, 5)):
-            raise ServerUnavailable("all IMAP connections are busy; gave up waiting")
-        try:
-            with self._lock:
-                if self._closed:
-                    raise ServerUnavailable("imapfs is shutting down")
-                session = self._idle.pop() if self._idle else None
-            if session is None:
-                try:
-                    session = self._connector(self.account, self._password, self._options)
-                except ServerUnavailable:
-                    with self._lock:
-                        if self._down_since is None:
-                            self._down_since = time.monotonic()
-                    raise
-                with self._lock:
-                    if self._down_since is not None:
-                        log.info("IMAP server reachable again")
-                    self._down_since = None
+        deadline = time.monotonic() + max(self._options.timeout * 2, 5)
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        raise ServerUnavailable("imapfs is shutting down")
+                    if self._idle:
+                        return self._idle.pop()
+                    now = time.monotonic()
+                    self._probe_locked(now)
+                    if self._established + self._connecting < self._limit:
+                        self._connecting += 1
+                        break
+                    if now >= deadline:
+                        raise ServerUnavailable("all IMAP connections are busy; gave up waiting")
+                    self._cond.wait(deadline - now)
+            try:
+                session = self._connector(self.account, self._credentials, self._options)
+            except ConnectionLimit as exc:
+                with self._cond:
+                    self._connecting -= 1
+                    if self._established == 0:
+                        raise  # nothing to wait for: run() retries with backoff
+                    if self._limit > self._established:
+                        log.info("the server allows no more connections (%s); making do with %d",
+                                 exc, self._established)
+                    self._limit = max(1, self._established)
+                    self._probe_at = time.monotonic() + LIMIT_PROBE_INTERVAL
+                    self._cond.notify_all()
+                continue  # wait for one of the sessions already open
+            except BaseException as exc:
+                with self._cond:
+                    self._connecting -= 1
+                    if isinstance(exc, ServerUnavailable) and self._down_since is None:
+                        self._down_since = time.monotonic()
+                    self._cond.notify_all()
+                raise
+            with self._cond:
+                self._connecting -= 1
+                self._established += 1
+                if self._down_since is not None:
+                    log.info("IMAP server reachable again")
+                self._down_since = None
             return session
-        except BaseException:
-            self._slots.release()
-            raise
+
+    def _probe_locked(self, now: float) -> None:
+        """After a connection-limit refusal, allow one connection more now and
+        then (another client may have logged out). ``_cond`` held."""
+        if self._probe_at is not None and now >= self._probe_at and self._limit < self._options.connections:
+            self._limit += 1
+            self._probe_at = now + LIMIT_PROBE_INTERVAL if self._limit < self._options.connections else None
 
     def _release(self, session: Session) -> None:
-        try:
-            if session.broken:
-                session.logout()
-                return
-            with self._lock:
-                if not self._closed:
-                    self._idle.append(session)
-                    return
+        keep = False
+        with self._cond:
+            if not session.broken and not self._closed:
+                self._idle.append(session)
+                keep = True
+            else:
+                self._established -= 1
+            self._cond.notify()
+        if not keep:
             session.logout()
-        finally:
-            self._slots.release()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -630,8 +797,10 @@ class ConnectionPool:
             threading.Thread(target=connect_one, name="imapfs-warm-up", daemon=True).start()
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
+            self._established -= len(idle)
+            self._cond.notify_all()
         for session in idle:
             session.logout()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from imapfs.config import Account, Options
+from imapfs.credentials import Credentials
 from imapfs.errors import ImapFSError, NotFound
 from imapfs.model import Folder, Listing
 from imapfs.pool import ConnectionPool, Session, connect
@@ -37,12 +38,12 @@ CHANGE_RESPONSES = {b"EXISTS", b"EXPUNGE", b"FETCH", b"VANISHED"}
 class Watcher:
     """Notices changes made by other clients and reports them."""
 
-    def __init__(self, account: Account, password: str, options: Options, pool: ConnectionPool,
+    def __init__(self, account: Account, credentials: Credentials | str, options: Options, pool: ConnectionPool,
                  *, listings: Callable[[], list[Listing]], folders: Callable[[], list[Folder] | None],
                  folder_changed: Callable[[str], None], folders_changed: Callable[[], None],
-                 connector: Callable[[Account, str, Options], Session] = connect) -> None:
+                 connector: Callable[[Account, Credentials | str, Options], Session] = connect) -> None:
         self._account = account
-        self._password = password
+        self._credentials = credentials
         self._options = options
         self._pool = pool
         self._listings = listings
@@ -98,7 +99,7 @@ class Watcher:
                     continue
                 try:
                     if session is None:
-                        session = self._connector(self._account, self._password, self._options)
+                        session = self._connector(self._account, self._credentials, self._options)
                         if not session.has("IDLE"):
                             log.info("server has no IDLE; relying on polling every %.0f s",
                                      self._options.poll_interval)

@@ -94,6 +94,8 @@ class Dovecot:
         imap_port: int = 0,
         max_user_connections: int = 100,
         trash_mailbox: str = "Trash",
+        oauth2_introspection_url: str | None = None,
+        oauth2_mechanisms: tuple[str, ...] = ("oauthbearer", "xoauth2"),
     ) -> None:
         # passwd-file is colon separated: these characters would corrupt the user db.
         for value, what in ((user, "user"), (password, "password")):
@@ -110,15 +112,23 @@ class Dovecot:
         #: 0 means "pick a free port at the first start()"; then fixed for restarts.
         self.imaps_port = imaps_port
         self.imap_port = imap_port
+        #: Dovecot's mail_max_userip_connections (its own default is 10).
         self.max_user_connections = max_user_connections
         #: The mailbox with the \\Trash special-use attribute (e.g. "P/Trash", as INBOX.Trash on Courier).
         self.trash_mailbox = trash_mailbox
+        #: When set, logins with OAUTHBEARER/XOAUTH2 are checked by Dovecot's oauth2 passdb,
+        #: which POSTs the token to this URL (see tests/support/oauth2.py); the password
+        #: passdb keeps serving PLAIN/LOGIN, so password logins work as before.
+        self.oauth2_introspection_url = oauth2_introspection_url
+        #: The SASL mechanisms offered for tokens (e.g. only xoauth2, as some providers do).
+        self.oauth2_mechanisms = oauth2_mechanisms
 
         self.tls_dir = self.base_dir / "tls"
         self.ca_file = self.tls_dir / "ca.pem"
         self.other_ca_file = self.tls_dir / "other-ca.pem"
         self.config_file = self.base_dir / "dovecot.conf"
         self.users_file = self.base_dir / "users"
+        self.oauth2_file = self.base_dir / "dovecot-oauth2.conf.ext"
         self.mail_dir = self.base_dir / "mail"
         self.home_dir = self.base_dir / "home"
         self.state_dir = self.base_dir / "state"
@@ -230,6 +240,19 @@ class Dovecot:
                 f"doveadm kick failed ({result.returncode}): {result.stdout}{result.stderr}\n{self._log_tail()}"
             )
 
+    def connections(self) -> int:
+        """How many IMAP connections the user has now, as Dovecot counts them for its limit."""
+        result = subprocess.run(
+            [DOVEADM_BIN, "-c", str(self.config_file), "who", "-1", self.user],
+            capture_output=True,
+            text=True,
+            timeout=STOP_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise DovecotError(f"doveadm who failed ({result.returncode}): {result.stdout}{result.stderr}")
+        return sum(1 for line in result.stdout.splitlines()[1:] if line.split()[:1] == [self.user])
+
     def ssl_context(self, ca_file: Path | None = None) -> ssl.SSLContext:
         """A verifying client context that trusts only ``ca_file`` (default: this server's CA)."""
         return ssl.create_default_context(cafile=str(ca_file or self.ca_file))
@@ -328,6 +351,11 @@ class Dovecot:
         os.chown(self.users_file, 0, gid)
         self.users_file.chmod(0o640)
 
+        if self.oauth2_introspection_url:
+            self.oauth2_file.write_text(self._oauth2_text())
+            os.chown(self.oauth2_file, 0, gid)
+            self.oauth2_file.chmod(0o640)
+
         if not self.imaps_port or not self.imap_port:
             free = iter(port for port in _free_ports(3) if port not in (self.imaps_port, self.imap_port))
             self.imaps_port = self.imaps_port or next(free)
@@ -394,15 +422,16 @@ ssl_cert = <{tls / "server.pem"}
 ssl_key = <{tls / "server.key"}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{self._oauth2_mechanisms_text(" ")}
 # Wrong-password tests should not each wait the default 2 s.
 auth_failure_delay = 0
 
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {self.users_file}
 }}
-userdb {{
+{self._oauth2_passdb_text()}userdb {{
   driver = passwd-file
   args = username_format=%u {self.users_file}
 }}
@@ -463,6 +492,34 @@ service anvil {{
   }}
 }}
 """
+
+    def _oauth2_passdb_text(self) -> str:
+        if not self.oauth2_introspection_url:
+            return ""
+        return f"""passdb {{
+  driver = oauth2
+  mechanisms = {self._oauth2_mechanisms_text()}
+  args = {self.oauth2_file}
+}}
+"""
+
+    def _oauth2_mechanisms_text(self, prefix: str = "") -> str:
+        return prefix + " ".join(self.oauth2_mechanisms) if self.oauth2_introspection_url else ""
+
+    def _oauth2_text(self) -> str:
+        # No tokeninfo_url: every login goes straight to introspection, and
+        # Dovecot's auth cache is off (auth_cache_size defaults to 0), so the
+        # endpoint's answer of the moment decides each login.
+        return (
+            f"introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "username_attribute = username\n"
+            "username_format = %u\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            "force_introspection = yes\n"
+            "timeout_msecs = 5000\n"
+        )
 
     def _wait_until_ready(self) -> None:
         """Poll until the plain port greets and the TLS port accepts, or the master dies."""
