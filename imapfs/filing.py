@@ -86,41 +86,56 @@ def messages_in(spool: Spool, name: str, spool_dir: str | None = None) -> list[F
         problem = rfc5322.looks_like_message(head)
         if problem:
             raise InvalidMessage(f"{name} is not a mail message: {problem}; nothing was appended")
-        _note_defects(head, name)
+        if rfc5322.header_defects(head):
+            _log_defects(rfc5322.header_defects(head), name)
         return [Filed(spool.literal(), name_flags, rfc5322.internaldate_from_headers(head), name)]
 
     split = _has_envelope_after(spool, first_line_end + 1)
     ranges = _mbox_ranges(spool, spool_dir) if split else [(0, spool.size)]
-    pieces: list[tuple[int, int, int, bytes]] = []  # (start, message start, stop, head)
+    # Per message only what its head says, never the head itself: an mbox of
+    # 50,000 messages must not keep 50,000 headers in memory.
+    pieces: list[_Piece] = []
     for start, stop in ranges:
-        envelope = spool.read(start, rfc5322.MAX_HEADER_SCAN)
-        body_start = start + envelope.find(b"\n") + 1 if b"\n" in envelope else stop
-        piece_head = spool.read(body_start, min(rfc5322.MAX_HEADER_SCAN + 1, max(0, stop - body_start)))
-        problem = rfc5322.looks_like_message(piece_head) if piece_head else "no message follows it"
+        envelope = spool.read(start, min(rfc5322.MAX_HEADER_SCAN, stop - start))
+        message_start = start + envelope.find(b"\n") + 1 if b"\n" in envelope else stop
+        head = spool.read(message_start, min(rfc5322.MAX_HEADER_SCAN + 1, stop - message_start))
+        problem = rfc5322.looks_like_message(head) if head else "no message follows it"
         if problem and pieces:
             # An unquoted "From " line inside the message before: this belongs to it.
             log.info("%s: a 'From ' line at byte %d opens no message (%s); kept in the message before it",
                      name, start, problem)
-            first, message_start, _, first_head = pieces[-1]
-            pieces[-1] = (first, message_start, stop, first_head)
+            pieces[-1].stop = stop
             continue
         if problem:
             raise InvalidMessage(f"{name} is not a mail message: after its mbox From_ line, {problem}; "
                                  "nothing was appended")
-        pieces.append((start, body_start, stop, piece_head))
+        pieces.append(_Piece(message_start, stop, rfc5322.header_defects(head),
+                             rfc5322.internaldate_from_headers(head) or envelope_date(envelope[:message_start - start]),
+                             _merged(name_flags, status_flags(head))))
 
     filed = []
-    for number, (start, message_start, stop, piece_head) in enumerate(pieces, 1):
+    for number, piece in enumerate(pieces, 1):
         where = name if len(pieces) == 1 else f"{name}, message {number} of {len(pieces)}"
-        envelope_line = spool.read(start, message_start - start)
-        end = _without_separator(spool, message_start, stop, lf_too=not split)
-        _note_defects(piece_head, where)
-        when = rfc5322.internaldate_from_headers(piece_head) or envelope_date(envelope_line)
-        literal = Literal.over(lambda a=message_start, b=end: mboxrd_unquoted(crlf_chunks(spool.chunks(a, b))))
-        filed.append(Filed(literal, _merged(name_flags, status_flags(piece_head)), when, where))
+        if piece.defects:
+            _log_defects(piece.defects, where)
+        end = _without_separator(spool, piece.start, piece.stop, lf_too=not split)
+        literal = Literal.over(lambda a=piece.start, b=end: mboxrd_unquoted(crlf_chunks(spool.chunks(a, b))))
+        filed.append(Filed(literal, piece.flags, piece.when, where))
     if len(filed) > 1:
         log.info("%s is an mbox of %d messages", name, len(filed))
     return filed
+
+
+@dataclass
+class _Piece:
+    """One message of an mbox file while the file is read: where it lies
+    (after its From_ line, separator included), and what its head says."""
+
+    start: int
+    stop: int
+    defects: int
+    when: dt.datetime | None
+    flags: tuple[str, ...]
 
 
 def mboxrd_unquoted(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -193,8 +208,7 @@ def _merged(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
     return first + tuple(flag for flag in second if flag not in first)
 
 
-def _note_defects(head: bytes, where: str) -> None:
-    defects = rfc5322.header_defects(head)
+def _log_defects(defects: int, where: str) -> None:
     if defects:
         log.info("%s: %d header line(s) are neither fields nor continuations; filed as they are, "
                  "as servers store them", where, defects)
