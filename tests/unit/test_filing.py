@@ -311,3 +311,13 @@ def test_unless_present_off_appends_again():
     store.append("INBOX", literal, (), None)
     store.append("INBOX", literal, (), None, unless_present=False)
     assert len(bodies(server)) == 2
+
+
+def test_each_message_of_an_mbox_is_streamed_too(tmp_path):
+    big = b"Subject: big\n\n" + (b"z" * 75 + b"\n") * 40_000  # 3 MB
+    messages = [numbered(1), big, numbered(2)]
+    spool = spooled(mbox(*messages), in_memory=1 << 16)
+    out = filing.messages_in(spool, "export.mbox", str(tmp_path))
+    chunks = list(out[1].literal.chunks())
+    assert len(chunks) > 2 and max(map(len, chunks)) <= 2 * 1024 * 1024
+    assert [text(m) for m in out] == [crlf(m) for m in messages]
