@@ -24,28 +24,52 @@ MAX_HEADER_SCAN = 256 * 1024
 def looks_like_message(data: bytes) -> str | None:
     """None if data begins with an RFC 5322 header block, else why not.
 
-    Checked: the first line is a header field, every line up to the blank
-    line (or the end) is a field or a folded continuation, and no NUL byte
-    appears in the header. That refuses images, archives, empty files and
-    text that is not mail, while taking any real message, however broken
-    its MIME body. Only the first MAX_HEADER_SCAN bytes are looked at.
+    Checked: the first line is a header field, and no NUL byte appears in
+    the header. Later lines that are neither fields nor folded
+    continuations are tolerated (real archives hold such messages, and
+    servers store them); a first line that is no field is not: that
+    refuses images, archives, empty files and text that is not mail, while
+    taking any real message, however broken its MIME body. A leading mbox
+    ``From `` envelope line is refused here: what is appended never carries
+    one (imapfs.filing drops it first). Only the first MAX_HEADER_SCAN
+    bytes are looked at.
     """
     if not data:
         return "the file is empty"
-    problem = header_problem(data[:MAX_HEADER_SCAN], more_to_come=False)
+    problem = header_problem(data[:MAX_HEADER_SCAN], more_to_come=False, envelope=False)
     if problem is None and header_end(data[:MAX_HEADER_SCAN]) is None and len(data) > MAX_HEADER_SCAN:
         return "no end of header found in the first 256 KiB"
     return problem
 
 
-def header_problem(prefix: bytes, more_to_come: bool) -> str | None:
+def is_envelope_line(line: bytes) -> bool:
+    """An mbox From_ line ("From sender date"), which opens a message in an
+    mbox file; not the "From:" header field (nor the obsolete "From :")."""
+    return line.startswith(b"From ") and not _FIELD_RE.match(line)
+
+
+def header_problem(prefix: bytes, more_to_come: bool, envelope: bool = True) -> str | None:
     """Why a file beginning with prefix cannot be a mail message, or None.
 
     With more_to_come, prefix is only what has been written so far: a line
     not yet ended is judged only by what it already shows, so the first
     write that makes a file impossible as mail is refused (``echo hi > x``
     fails in the shell), and none that could still become one.
+
+    With envelope, a first line that is an mbox From_ line is passed over
+    and the header after it judged: such files (git format-patch, mutt's
+    save-to-file, an mbox of many messages) are filed by imapfs.filing.
     """
+    if envelope and prefix.startswith(b"From "):
+        first_end = prefix.find(b"\n")
+        if first_end < 0:
+            if more_to_come:
+                return None  # an envelope line, or a "From :" field, not finished yet
+        elif is_envelope_line(prefix[:first_end]):
+            rest = prefix[first_end + 1:]
+            if not rest:
+                return None if more_to_come else "it holds an mbox From_ line and no message"
+            return header_problem(rest, more_to_come, envelope=False)
     end = header_end(prefix)
     block = prefix if end is None else prefix[:end]
     if b"\x00" in block:
@@ -54,20 +78,27 @@ def header_problem(prefix: bytes, more_to_come: bool) -> str | None:
     unfinished = lines.pop() if end is None and more_to_come else None
     if lines and lines[-1] == b"":
         lines.pop()
-    for number, line in enumerate(lines):
-        if number and line[:1] in (b" ", b"\t"):
-            continue
-        if not _FIELD_RE.match(line):
-            if number == 0:
-                return "it does not begin with a mail header (Field: value)"
-            return "its header block contains a line that is not a header field"
-    if unfinished is not None:
-        if not lines and not _FIELD_PREFIX_RE.fullmatch(unfinished) and not _FIELD_RE.match(unfinished):
-            return "it does not begin with a mail header (Field: value)"
-        return None
-    if not lines:
+    if lines:
+        # Only the first line must be a field: after it, servers store
+        # whatever lines a broken mailer wrote (real archives hold such
+        # messages), and so does imapfs.
+        if _FIELD_RE.match(lines[0]):
+            return None
+        if is_envelope_line(lines[0]):
+            return "it begins with an mbox From_ line"
         return "it does not begin with a mail header (Field: value)"
-    return None
+    if unfinished is not None and (_FIELD_PREFIX_RE.fullmatch(unfinished) or _FIELD_RE.match(unfinished)):
+        return None
+    return "it does not begin with a mail header (Field: value)"
+
+
+def header_defects(data: bytes) -> int:
+    """How many lines of data's header block are neither fields nor folded
+    continuations (tolerated, but worth a log line)."""
+    block = header_block(data)
+    lines = block.replace(b"\r\n", b"\n").split(b"\n")
+    return sum(1 for number, line in enumerate(lines)
+               if line and not (number and line[:1] in (b" ", b"\t")) and not _FIELD_RE.match(line))
 
 
 def header_end(data: bytes) -> int | None:

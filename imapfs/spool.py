@@ -58,6 +58,12 @@ class Literal:
     chunks: Callable[[], Iterator[bytes]]
 
     @classmethod
+    def over(cls, chunks: Callable[[], Iterator[bytes]]) -> Literal:
+        """The bytes chunks() yields, as they are; one pass counts the size,
+        so nothing is ever held whole."""
+        return cls(sum(len(chunk) for chunk in chunks()), chunks)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> Literal:
         normalised = b"".join(crlf_chunks(iter([data])))
         return cls(len(normalised), lambda: iter([normalised]) if normalised else iter([]))
@@ -111,10 +117,11 @@ class Spool:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _raw_chunks(self) -> Iterator[bytes]:
-        offset = 0
-        while True:
-            chunk = self.read(offset, CHUNK)
+    def chunks(self, start: int = 0, stop: int | None = None) -> Iterator[bytes]:
+        """The spooled bytes from start up to stop (the end if None), CHUNK at a time."""
+        offset = start
+        while stop is None or offset < stop:
+            chunk = self.read(offset, CHUNK if stop is None else min(CHUNK, stop - offset))
             if not chunk:
                 return
             offset += len(chunk)
@@ -122,5 +129,4 @@ class Spool:
 
     def literal(self) -> Literal:
         """The spooled bytes as an APPEND literal (one pass to count its size)."""
-        size = sum(len(chunk) for chunk in crlf_chunks(self._raw_chunks()))
-        return Literal(size, lambda: crlf_chunks(self._raw_chunks()))
+        return Literal.over(lambda: crlf_chunks(self.chunks()))

@@ -459,8 +459,18 @@ class MailStore:
     # listing resynchronises instead of serving what was cached before.
 
     def append(self, folder: str, literal: Literal, flags: tuple[str, ...],
-               when: dt.datetime | None) -> tuple[int, int] | None:
+               when: dt.datetime | None, unless_present: bool = True) -> tuple[int, int] | None:
         """APPEND a message exactly once; returns (UIDVALIDITY, UID) when the server says (UIDPLUS).
+
+        With unless_present, a message the folder already holds byte for
+        byte (the literal's line endings are CRLF, as the server stores them)
+        is not appended again, and its (UIDVALIDITY, UID) is returned: so
+        ``rsync -rt`` twice, ``cp`` twice and ``cp -n`` file a message once.
+        That costs an EXAMINE and one UID SEARCH LARGER/SMALLER, plus a
+        fetch of each message of exactly the same size (none, usually). Two
+        programs filing the same message at the same instant may still both
+        append it: IMAP has no conditional APPEND. Its flags and date are
+        left as they are.
 
         A failure before the command was sent whole is retried on a fresh
         connection (the server cannot have stored an incomplete command). A
@@ -471,6 +481,13 @@ class MailStore:
         (WriteUncertain): the writer still has its copy, and the folder holds
         the message at most once.
         """
+        if unless_present:
+            digest = _once(literal.digest)
+            present = self.pool.run(lambda s: self._find_by_content(s, folder, literal.size, digest, None))
+            if present is not None:
+                log.info("%d bytes are already in %r as UID %d; not appended again",
+                         literal.size, folder, present[1])
+                return present
         known = self.listings.get(folder)
         # UIDs the message may get start at UIDNEXT from before the APPEND;
         # a cached one can only be lower, which only widens the search.
@@ -493,7 +510,7 @@ class MailStore:
         has passed; WriteUncertain if it never shows."""
         log.warning("no answer to the APPEND of %d bytes to %r (%s); looking for it by content",
                     literal.size, folder, cause)
-        digest = literal.digest()
+        digest = _once(literal.digest)
         deadline = self._clock() + max(self.options.retry_for, 1.0)
         delay = 0.25
         while True:
@@ -513,14 +530,21 @@ class MailStore:
             time.sleep(delay)
             delay = min(delay * 2, 4.0)
 
-    def _find_by_content(self, session: Session, folder: str, size: int, digest: bytes,
+    def _find_by_content(self, session: Session, folder: str, size: int, digest: Callable[[], bytes],
                          first_uid: int | None) -> tuple[int, int] | None:
+        """A message of folder (from first_uid on) that is size bytes long and
+        hashes to digest(), newest first; digest() is called only once a
+        message of that size exists.
+
+        A fresh EXAMINE, not the session's selected state: a session sees
+        another's APPEND only once it synchronises (Dovecot does at
+        command boundaries), and a copy missed would be filed twice."""
         status = session.select(folder, readonly=True)
         criteria = ["LARGER", str(size - 1), "SMALLER", str(size + 1)]
         if first_uid is not None:
             criteria = ["UID", f"{first_uid}:*", *criteria]
         for uid in reversed(session.search_uids(criteria)):  # the newest is the likeliest
-            if self._server_digest(session, folder, status.uidvalidity, uid, size) == digest:
+            if self._server_digest(session, folder, status.uidvalidity, uid, size) == digest():
                 return status.uidvalidity, uid
         return None
 
@@ -694,6 +718,17 @@ class MailStore:
 
 
 _FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def _once(compute: Callable[[], bytes]) -> Callable[[], bytes]:
+    """compute, called at most once (a digest is a pass over the whole message)."""
+    done: list[bytes] = []
+
+    def value() -> bytes:
+        if not done:
+            done.append(compute())
+        return done[0]
+    return value
 
 
 def _flags(raw: Any) -> tuple[str, ...]:

@@ -18,8 +18,8 @@ from collections.abc import Hashable
 
 from cachetools import TTLCache
 
-from imapfs import names, rfc5322
-from imapfs.errors import AlreadyExists, InvalidMessage, NotEmpty, NotFound, NotSupported
+from imapfs import filing, names, rfc5322
+from imapfs.errors import AlreadyExists, NotEmpty, NotFound, NotSupported
 from imapfs.model import Folder
 from imapfs.spool import Spool
 from imapfs.store import MailStore
@@ -145,14 +145,15 @@ class FoldersView(View):
         return new
 
     def commit(self, new: NewFile) -> None:
-        head = new.spool.read(0, rfc5322.MAX_HEADER_SCAN + 1)
-        problem = rfc5322.looks_like_message(head)
-        if problem:
-            raise InvalidMessage(f"{new.name} is not a mail message: {problem}; nothing was appended")
-        flags = rfc5322.flags_from_filename(new.name)
-        when = rfc5322.internaldate_from_headers(head)
-        literal = new.spool.literal()
-        appended = self.store.append(new.folder.name, literal, flags, when)
+        """APPEND what the file holds: one message, or each message of an
+        mbox (filing.messages_in), none that the folder holds already."""
+        messages = filing.messages_in(new.spool, new.name, self._spool_dir)  # InvalidMessage: nothing appended
+        appended = None
+        for message in messages:
+            appended = self.store.append(new.folder.name, message.literal, message.flags, message.when)
+        if len(messages) > 1:
+            appended = None  # the written name stands for no single message
+        literal, when = messages[-1].literal, messages[-1].when
         uidvalidity, uid = appended if appended else (None, None)
         mtime_ns = int(when.timestamp() * 1e9) if when else time.time_ns()
         with new.lock:

@@ -55,6 +55,8 @@ class FakeServer:
         self.fail_after: dict[str, BaseException] = {}
         # command name -> error raised with the command not carried out (yet)
         self.unstored_after: dict[str, BaseException] = {}
+        # command name -> error raised before the command was sent whole (a fresh connection may repeat it)
+        self.fail_before: dict[str, BaseException] = {}
         self.stored_later: list[tuple[str, bytes, tuple[str, ...]]] = []  # APPENDs a slow server still stores
         self.store_on_search: int | None = None  # ... at this many UID SEARCHes
         self.searches = 0
@@ -233,11 +235,14 @@ class FakeSession:
                 b"HIGHESTMODSEQ": box.modseq}
 
     def append(self, folder: str, literal: Literal, flags: Any, when: dt.datetime | None) -> tuple[int, int] | None:
-        """As pool.Session.append: fail_next fails it before it is sent whole
-        (nothing stored); fail_after["APPEND"] stores it and then loses the
+        """As pool.Session.append: fail_next or fail_before["APPEND"] fail it
+        before it is sent whole (nothing stored); fail_after["APPEND"] stores it and then loses the
         reply (raise WriteUncertain there); unstored_after["APPEND"] loses the
         reply without storing it (yet: see store_later)."""
         self._log("APPEND", folder, tuple(flags), when)
+        if "APPEND" in self.server.fail_before:
+            self.broken = True
+            raise self.server.fail_before.pop("APPEND")
         chunks = list(literal.chunks())
         self.server.append_chunks.append(len(chunks))
         message = b"".join(chunks)
