@@ -54,7 +54,8 @@ class ListingCache:
     """
 
     def __init__(self, max_folders: int) -> None:
-        self._lock = threading.Lock()  # guards _listings, _generations, _folders
+        self._lock = threading.Lock()  # guards _listings, _generations, _folders, _ever_listed
+        self._ever_listed: set[str] = set()
         self._listings: LRUCache[str, Listing] = LRUCache(maxsize=max_folders)
         self._generations: dict[str, int] = {}
         self._folders: tuple[float, list[Folder]] | None = None
@@ -75,7 +76,13 @@ class ListingCache:
             if self._generations.get(listing.folder, 0) != generation:
                 return False
             self._listings[listing.folder] = listing
+            self._ever_listed.add(listing.folder)
             return True
+
+    def seen_before(self, folder: str) -> bool:
+        """Whether the folder was listed before (its listing may have been dropped since)."""
+        with self._lock:
+            return folder in self._ever_listed
 
     def snapshot(self) -> list[Listing]:
         """Every listing held now (the folders listed since mount, within the bound)."""

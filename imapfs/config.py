@@ -69,6 +69,8 @@ class Options:
                                "watcher are pushed to the kernel at once with libfuse 3)", minimum=0)
     entry_timeout: float = _opt(30.0, "seconds the kernel may cache name lookups", minimum=0)
     negative_timeout: float = _opt(2.0, "seconds the kernel may cache 'no such file'", minimum=0)
+    maildir: bool = _opt(False, "lay every folder out as a Maildir (cur/, new/, tmp/ beside its subfolders), "
+                         "for mutt, neomutt, notmuch, mblaze, mu and aerc")
     spool_dir: str | None = _opt(None, "directory where a file being copied in waits for its APPEND, in an "
                                  "already deleted file that nothing leaves behind (default: $TMPDIR, else "
                                  "/var/tmp, which is on disk where /tmp may be memory)")

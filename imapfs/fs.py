@@ -162,7 +162,7 @@ class ImapFS(fuse.Operations):
         self._on_destroy = on_destroy
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self._mounted_at_ns = time.time_ns()
+        self._mounted_at_ns = store.started_ns
         self._handles: dict[int, Handle] = {}
         self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
         # (path, plus, the view's entries list, the entries built from it) of the last directory listed.
@@ -476,9 +476,23 @@ class ImapFS(fuse.Operations):
             raise refuse(errno.EISDIR)
         if isinstance(target, NewFile):
             if writing:
-                # One writer per file: a second (another cp to the same name)
-                # would mix its bytes into the first's, or append a second copy.
-                raise Busy(f"{path} is being written by another program")
+                # One writing program per file: another (a second cp to the
+                # same name) would mix its bytes into the first's, or append
+                # a second copy. The creating process may open it again
+                # (Python's mailbox creates with O_EXCL, then reopens).
+                caller = callers_context()
+                if target.creator_process is None or callers.process(caller[2] if caller else 0) \
+                        != target.creator_process:
+                    raise Busy(f"{path} is being written by another program")
+                with target.lock:
+                    self._check_still_open(target)
+                    target.handles += 1
+                    target.write_handles += 1
+                fi.fh = self._new_handle(WriteHandle(target))
+                fi.direct_io = 1
+                if fi.flags & os.O_TRUNC:
+                    target.spool.truncate(0)
+                return 0
             # A reader (grep -r, a desktop indexer) of a file still being
             # written sees what is there so far; its close appends nothing.
             with target.lock:
@@ -538,7 +552,11 @@ class ImapFS(fuse.Operations):
         if isinstance(handle, (WriteHandle, SpoolReadHandle)):
             new = handle.new
             try:
-                if isinstance(handle, WriteHandle) and new.outcome is None:
+                if isinstance(handle, WriteHandle):
+                    with new.lock:
+                        new.write_handles -= 1
+                        last_writer = new.write_handles <= 0
+                if isinstance(handle, WriteHandle) and last_writer and new.outcome is None:
                     # Every close by a writer has committed the file already;
                     # this is for one whose writer passed it on (SCM_RIGHTS)
                     # and never closed it itself. Nobody is left to tell of a
@@ -623,6 +641,7 @@ class ImapFS(fuse.Operations):
         view, parts = self.root.route(self._split(path))
         caller = callers_context()
         new = view.create(parts, caller[2] if caller else 0)
+        new.creator_process = callers.process(caller[2]) if caller else None
         fi.fh = self._new_handle(WriteHandle(new))
         fi.direct_io = 1  # every write comes to us, and with its writer's lock owner
         return 0
@@ -710,6 +729,8 @@ class ImapFS(fuse.Operations):
         with new.commit_lock:
             with new.lock:
                 outcome = new.outcome
+                if outcome is None and lock_owner is not None and new.write_handles > 1:
+                    return  # another handle may still write: the last one's close commits
                 if outcome is None and lock_owner is not None:
                     if new.writers and lock_owner not in new.writers and 0 not in new.writers:
                         return  # a forked child closing its inherited copy: the writer goes on
@@ -751,7 +772,8 @@ class ImapFS(fuse.Operations):
             last = new.handles <= 0
             if last and new.outcome is None:
                 new.outcome = "discarded"
-        if last:
+            kept = new.outcome == "kept"  # its view still holds it (a Maildir tmp/ file awaiting its rename)
+        if last and not kept:
             self._forget_new_file(new)
             new.spool.close()
 

@@ -74,6 +74,8 @@ class Listing:
     uidnext: int | None = None
     synced_at: float = 0.0
     stale: bool = False  # set after a write or a change notice: resync before trusting it
+    changed_ns: int = 0  # wall-clock time its entries (UIDs or flags) last changed: its directory's mtime
+    flags_moved: bool = False  # a resync changed some message's flags
 
     _order: tuple[list[int], dict[int, int]] | None = field(default=None, repr=False, compare=False)
 

@@ -83,6 +83,7 @@ class MailStore:
         # Moves on whenever a shown size is corrected, so views built from
         # listings (directory entries with attributes) know to rebuild.
         self.size_epoch = 0
+        self.started_ns = time.time_ns()  # the mount's time: directories' mtime until they change
         # actor -> Trash's (UIDVALIDITY, UIDNEXT) before the actor first moved mail there (see delete).
         self._trashing: TTLCache[Hashable, tuple[int, int]] = TTLCache(maxsize=1024, ttl=24 * 3600)
         self._trashing_lock = threading.Lock()  # guards _trashing
@@ -184,6 +185,16 @@ class MailStore:
                           status.exists)
                 self._reconcile(session, listing)
         listing.synced_at = self._clock()
+        # A directory's mtime must move whenever its entries do (incremental
+        # indexers such as notmuch skip directories whose mtime stands still);
+        # names follow UIDs and, in a Maildir, flags. Unchanged, it keeps the
+        # time it had, from the mount on.
+        if old is None:
+            listing.changed_ns = self.started_ns if not self.listings.seen_before(folder) else time.time_ns()
+        elif listing.flags_moved or listing.messages.keys() != old.messages.keys():
+            listing.changed_ns = max(time.time_ns(), old.changed_ns + 1)
+        else:
+            listing.changed_ns = old.changed_ns
         return listing
 
     def _sync_known(self, session: Session, listing: Listing, old: Listing, exists: int) -> None:
@@ -231,8 +242,9 @@ class MailStore:
     def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> None:
         for uid, new_flags in flags.items():
             meta = listing.messages.get(uid)
-            if meta is not None:
+            if meta is not None and tuple(meta.flags) != _flags(new_flags):
                 meta.flags = _flags(new_flags)
+                listing.flags_moved = True
 
     def _refresh_flags(self, session: Session, listing: Listing, old: Listing) -> None:
         """Flags are the only mutable part of a message; fetch only what changed."""
@@ -244,8 +256,9 @@ class MailStore:
             modifiers = [f"CHANGEDSINCE {old.highestmodseq}"]
         for uid, data in session.fetch(compact_uid_set(known), ["UID", "FLAGS"], modifiers).items():
             meta = listing.messages.get(uid)
-            if meta is not None and b"FLAGS" in data:
+            if meta is not None and b"FLAGS" in data and meta.flags != _flags(data[b"FLAGS"]):
                 meta.flags = _flags(data[b"FLAGS"])
+                listing.flags_moved = True
 
     def message(self, folder: str, filename: str) -> tuple[Listing, MessageMeta]:
         uid = names.uid_from_filename(filename)

@@ -61,7 +61,9 @@ class NewFile:
     writers: set[int] = field(default_factory=set)
     contiguous: int = 0  # bytes written without a gap from offset 0
     header_seen: bool = False  # the header block is complete and was checked as it was written
-    handles: int = 0  # open handles, the one writer's and readers'
+    handles: int = 0  # open handles, writers' and readers'
+    write_handles: int = 1  # open handles that may write: the creator's, and more of the creating process's
+    creator_process: Hashable = None  # the creating process (callers.Process): only it may open a second writer
     # Once decided, forever: "appended", "kept" (a Maildir tmp/ file waiting
     # for its rename), "discarded" (unlinked or abandoned), or the error that
     # refused or failed it. Guarded by lock.

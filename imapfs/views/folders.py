@@ -107,6 +107,9 @@ class FoldersView(View):
                 return MessageRef(node.folder, listing.uidvalidity, meta)
         return None
 
+    def dir_mtime_ns(self, node: DirNode) -> int | None:
+        return dir_mtime_ns(self.store, node)
+
     def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
         listing = None
         if node.folder is not None and node.folder.selectable:
@@ -261,6 +264,18 @@ class FoldersView(View):
     def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
         directory = tuple(names.folder_to_parts(folder.name, folder.delimiter))
         return [(*directory, name) for name in filenames]
+
+
+def dir_mtime_ns(store: MailStore, node: DirNode) -> int | None:
+    """When a folder's directory last changed: never a listing for a folder
+    not listed yet (a stat must not cost one), but a resync for one this
+    mount changed or was told changed (a new-mail check must see it)."""
+    if node.folder is None or not node.folder.selectable:
+        return None
+    listing = store.cached_listing(node.folder.name)
+    if listing is not None and listing.stale:
+        listing = store.listing(node.folder.name)
+    return listing.changed_ns if listing is not None else None
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

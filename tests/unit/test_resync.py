@@ -116,3 +116,22 @@ def test_random_changes_always_converge_to_the_server(capabilities):
         truth = server.mailboxes["INBOX"].messages
         assert set(listing.messages) == set(truth)
         assert all(set(listing.messages[u].flags) == truth[u].flags for u in truth)
+
+
+@pytest.mark.parametrize("capabilities", [WITH_QRESYNC, CONDSTORE_ONLY, PLAIN])
+def test_a_folder_changes_time_only_when_its_entries_change(capabilities):
+    # Its directory's mtime: incremental indexers rescan only directories whose mtime moved.
+    server, store = setup(capabilities, count=20)
+    first = store.listing("INBOX").changed_ns
+    assert first > 0
+    assert resync(store).changed_ns == first  # nothing changed
+    server.add("INBOX", b"Subject: new\r\n\r\n")
+    gained = resync(store).changed_ns
+    assert gained > first
+    server.expunge("INBOX", 3)
+    lost = resync(store).changed_ns
+    assert lost > gained
+    server.set_flags("INBOX", 4, {"\\Seen"})
+    flagged = resync(store).changed_ns
+    assert flagged > lost  # a Maildir name carries the flags
+    assert resync(store).changed_ns == flagged
