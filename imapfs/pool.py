@@ -192,7 +192,15 @@ class Session:
         return folders
 
     def select(self, folder: str, readonly: bool = True) -> FolderStatus:
-        """EXAMINE (readonly) or SELECT a folder; always re-issued so EXISTS is current."""
+        """EXAMINE (readonly) or SELECT a folder; always re-issued so EXISTS is current.
+
+        The server deselects the current folder before it tries the new one,
+        so a SELECT that fails (the folder was deleted elsewhere) leaves none
+        selected (RFC 3501 6.3.1): the session must not go on believing in the
+        old one, or its next UID command fails ("illegal in state AUTH").
+        """
+        self.selected = None
+        self.status = None
         with self._translating():
             response = self._client.select_folder(folder, readonly=readonly)
         self.selected = folder
