@@ -10,6 +10,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     │   ├── CertificateError     TLS certificate verification failed
     │   ├── AuthenticationError  the server refused the login
     │   └── ServerUnavailable    connection refused, timed out, DNS, dropped
+    │       └── DroppedAfterLogin  the login was accepted, the connection dropped before any answer
     ├── ProtocolError            the server answered NO/BAD or something unparsable
     │   └── QuotaError           the server refused a write for quota (OVERQUOTA)
     ├── NotFound                 no such folder or message
@@ -46,6 +47,10 @@ class AuthenticationError(ConnectError):
 
 class ServerUnavailable(ConnectError):
     """The server cannot be reached, or the connection dropped."""
+
+
+class DroppedAfterLogin(ServerUnavailable):
+    """The server accepted the login, then dropped the connection before it answered a command."""
 
 
 class ProtocolError(ImapFSError):

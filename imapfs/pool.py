@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import imaplib
@@ -33,6 +34,7 @@ from imapfs.errors import (
     AuthenticationError,
     CertificateError,
     ConnectError,
+    DroppedAfterLogin,
     ImapFSError,
     NotFound,
     NotSupported,
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A pooled connection idle longer than this is probed with NOOP before a write.
 IDLE_CHECK_AFTER = 20.0
+# New connections in a row that die before answering one command: then the
+# server accepts logins but drops every command, and retrying only costs time.
+DROPS_BEFORE_FAILING_FAST = 3
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,6 +157,8 @@ class Session:
         self.selected_readonly = True
         self.status: FolderStatus | None = None
         self.last_used = time.monotonic()
+        self.opened_at = self.last_used
+        self.answered = 0  # commands that completed without a connection failure
         self.capabilities = frozenset(c.decode().upper() if isinstance(c, bytes) else c.upper()
                                       for c in client.capabilities())
         self.qresync = False  # set by connect() once ENABLE QRESYNC succeeded
@@ -174,8 +181,27 @@ class Session:
                 # earlier answer. Such a connection is never used again.
                 self.broken = True
             raise error from exc
+        else:
+            self.answered += 1
         finally:
             self.last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def time_limit(self, deadline: float) -> Iterator[None]:
+        """No command waits for an answer past deadline (time.monotonic()),
+        give or take a second: the socket timeout is shortened meanwhile."""
+        sock = getattr(self._client._imap, "sock", None)
+        normal = sock.gettimeout() if sock is not None else None
+        left = max(1.0, deadline - time.monotonic())
+        shortened = normal is not None and left < normal
+        if shortened:
+            sock.settimeout(left)
+        try:
+            yield
+        finally:
+            if shortened and not self.broken:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(normal)
 
     # --- reading ---------------------------------------------------------
     def list_folders(self) -> list[Folder]:
@@ -434,6 +460,7 @@ def connect(account: Account, password: str, options: Options) -> Session:
     timeout = SocketTimeout(connect=min(options.timeout, 10.0), read=options.timeout)
     context = make_ssl_context(options.ca_file)
     client = None
+    logged_in = False
     try:
         client = imapclient.IMAPClient(account.host, port=account.port, ssl=account.implicit_tls,
                                        ssl_context=context if account.implicit_tls else None,
@@ -450,6 +477,7 @@ def connect(account: Account, password: str, options: Options) -> Session:
                 raise ConnectError(f"{account.host}:{account.port} does not offer STARTTLS; refusing to "
                                    "send the password in clear (use imaps:// or -o insecure_plaintext)")
         client.login(account.user, password)
+        logged_in = True
         session = Session(client, account)
         if session.has("QRESYNC"):
             # Lets a resync ask for expunged UIDs (VANISHED) instead of listing every UID.
@@ -460,13 +488,60 @@ def connect(account: Account, password: str, options: Options) -> Session:
         raise
     except Exception as exc:
         _close_quietly(client)
-        raise translate(exc, account) from exc
+        error = translate(exc, account)
+        if logged_in and isinstance(error, ServerUnavailable):
+            error = DroppedAfterLogin(f"{error} (right after the login was accepted)")
+        raise error from exc
 
 
 def _close_quietly(client: Any) -> None:
     if client is not None:
         with contextlib.suppress(Exception):
             client.shutdown()
+
+
+class ServerHealth:
+    """What recent operations taught the pool about the server, so that an
+    operation does not spend its whole retry budget on what is known to fail.
+
+    Two patterns make later operations try once, without retries, until a
+    command is answered again: an operation used its whole budget failing
+    (the server is down: every operation would wait as long again), and
+    new connections keep dying before they answer a command (a server that
+    accepts logins but drops every command: retries only add pauses).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the fields below
+        self._gave_up = False
+        self._drops = 0
+
+    def fail_fast(self) -> bool:
+        with self._lock:
+            return self._gave_up or self._drops >= DROPS_BEFORE_FAILING_FAST
+
+    def answered(self) -> None:
+        with self._lock:
+            was_failing = self._gave_up or self._drops >= DROPS_BEFORE_FAILING_FAST
+            self._gave_up = False
+            self._drops = 0
+        if was_failing:
+            log.info("IMAP server answers again")
+
+    def dropped_after_login(self, exc: ImapFSError) -> bool:
+        """A new connection died before its first answer; True once that makes the pattern."""
+        with self._lock:
+            self._drops += 1
+            clear = self._drops == DROPS_BEFORE_FAILING_FAST
+        if clear:
+            log.warning("the IMAP server accepts logins but dropped %d new connections in a row before "
+                        "answering a command (%s); operations fail at once until it answers again",
+                        DROPS_BEFORE_FAILING_FAST, exc)
+        return self._drops >= DROPS_BEFORE_FAILING_FAST
+
+    def gave_up(self) -> None:
+        with self._lock:
+            self._gave_up = True
 
 
 class ConnectionPool:
@@ -490,13 +565,15 @@ class ConnectionPool:
         self._idle: list[Session] = []
         self._closed = False
         self._down_since: float | None = None  # guarded by _lock: when connecting started failing
+        self._health = ServerHealth()
 
     @property
     def server_down(self) -> bool:
         return self._down_since is not None
 
-    def _acquire(self) -> Session:
-        if not self._slots.acquire(timeout=max(self._options.timeout * 2, 5)):
+    def _acquire(self, deadline: float | None = None) -> Session:
+        wait = max(self._options.timeout * 2, 5) if deadline is None else max(1.0, deadline - time.monotonic())
+        if not self._slots.acquire(timeout=wait):
             raise ServerUnavailable("all IMAP connections are busy; gave up waiting")
         try:
             with self._lock:
@@ -505,7 +582,7 @@ class ConnectionPool:
                 session = self._idle.pop() if self._idle else None
             if session is None:
                 try:
-                    session = self._connector(self.account, self._password, self._options)
+                    session = self._connector(self.account, self._password, self._within(deadline))
                 except ServerUnavailable:
                     with self._lock:
                         if self._down_since is None:
@@ -533,9 +610,15 @@ class ConnectionPool:
         finally:
             self._slots.release()
 
+    def _within(self, deadline: float | None) -> Options:
+        """Options whose timeout ends no later than deadline (1 s at least)."""
+        if deadline is None or deadline - time.monotonic() >= self._options.timeout:
+            return self._options
+        return dataclasses.replace(self._options, timeout=max(1.0, deadline - time.monotonic()))
+
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        session = self._acquire()
+    def session(self, deadline: float | None = None) -> Iterator[Session]:
+        session = self._acquire(deadline)
         try:
             yield session
         finally:
@@ -545,32 +628,47 @@ class ConnectionPool:
         """Run work(session), retrying on a fresh connection when that is safe.
 
         Idempotent work (LIST, SELECT, FETCH, STATUS) is retried with
-        backoff after a connection failure, for up to ``retry_for`` seconds,
-        so a dropped connection or a restarted server costs a pause, not an
-        error. Other work is retried only if the failure came before it was
-        sent: a pooled connection that sat idle is checked with NOOP first,
-        so a write is not lost into a connection that died silently, and
-        never sent twice. Once the server has been unreachable for longer
-        than ``retry_for``, each call makes a single attempt, so callers
-        fail fast (and may serve what is cached) instead of all waiting.
+        backoff after a connection failure, so a dropped connection or a
+        restarted server costs a pause, not an error. Other work is retried
+        only if the failure came before it was sent: a pooled connection
+        that sat idle is checked with NOOP first, so a write is not lost
+        into a connection that died silently, and never sent twice.
+
+        The whole call, waits for a connection, connecting, timeouts and
+        retries together, ends within ``retry_for`` seconds (give or take a
+        second): each wait is cut to what is left. Once a call has used all
+        of it, or new connections keep dying before their first answer
+        (ServerHealth), calls make a single attempt until the server answers
+        again, so callers fail fast (and may serve what is cached) instead
+        of all waiting.
         """
         started = time.monotonic()
+        deadline = started + self._options.retry_for
+        once = self._health.fail_fast()
         delay = 0.1
         attempt = 0
         while True:
             attempt += 1
             sent = False
+            session: Session | None = None
+            attempt_started = time.monotonic()
             try:
-                with self.session() as session:
-                    if not idempotent and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
-                        session.noop()
-                    sent = True
-                    return work(session)
+                with self.session(deadline) as session:
+                    with session.time_limit(deadline):
+                        if not idempotent and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
+                            session.noop()
+                        sent = True
+                        result = work(session)
+                self._health.answered()
+                return result
             except ServerUnavailable as exc:
-                now = time.monotonic()
-                down_for = now - self._down_since if self._down_since is not None else 0.0
-                if (sent and not idempotent) or now - started + delay > self._options.retry_for \
-                        or down_for > self._options.retry_for + (now - started):
+                new_and_silent = (session is not None and session.opened_at >= attempt_started
+                                  and session.answered == 0)
+                if isinstance(exc, DroppedAfterLogin) or new_and_silent:
+                    once = self._health.dropped_after_login(exc) or once
+                if (sent and not idempotent) or once or time.monotonic() + delay > deadline:
+                    if not (sent and not idempotent):
+                        self._health.gave_up()
                     raise
                 log.info("IMAP connection failed (%s); retry %d in %.1f s", exc, attempt, delay)
                 time.sleep(delay)

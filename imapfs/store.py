@@ -22,7 +22,7 @@ from cachetools import LRUCache
 from imapfs import names, rfc5322
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
-from imapfs.errors import NotEmpty, NotFound, NotSupported, ServerUnavailable, StaleMessage
+from imapfs.errors import NotEmpty, NotFound, NotSupported, ProtocolError, ServerUnavailable, StaleMessage
 from imapfs.model import Folder, Listing, MessageMeta
 from imapfs.pool import ConnectionPool, Session, compact_uid_set
 from imapfs.readahead import ReadAhead
@@ -424,7 +424,15 @@ class MailStore:
         if status.uidvalidity != uidvalidity:
             raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
         item = "BODY.PEEK[]" if part is None else f"BODY.PEEK[]<{part[0]}.{part[1]}>"
-        wanted = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
+        # RFC 3501 answers a partial fetch as BODY[]<origin>; some servers
+        # add a length too (BODY[]<origin.length>). Both are this range.
+        exact = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
+        with_length = None if part is None else f"BODY[]<{part[0]}.".encode()
+
+        def matches(key: bytes) -> bool:
+            return key == exact or (with_length is not None and key.startswith(with_length)
+                                    and key.endswith(b">") and key[len(with_length):-1].isdigit())
+
         for attempt in range(2):
             if attempt:
                 status = session.select(folder)
@@ -434,7 +442,16 @@ class MailStore:
                 data = session.fetch([uid], [item]).get(uid)
             except NotFound:  # NO [EXPUNGEISSUED] and the like
                 continue
-            value = data.get(wanted) if data else None
+            key = next((key for key in data if matches(key)), None) if data else None
+            if data and key is None:
+                answered = sorted(key for key in data if key.startswith((b"BODY", b"RFC822")))
+                if answered:
+                    # A body, but not under a name imapfs asked for: the
+                    # server speaks differently, the message is not gone.
+                    raise ProtocolError(f"the server answered {item} of UID {uid} in {folder!r} with "
+                                        f"{b', '.join(answered).decode('ascii', 'replace')}, which imapfs "
+                                        "cannot match")
+            value = data[key] if key is not None else None
             if value is None or (value == b"" and (part is None or part[0] == 0)):
                 continue
             return value

@@ -7,8 +7,10 @@ never fetches a body.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,10 @@ class FakeServer:
         self.fail_after: dict[str, BaseException] = {}
         # UIDs another session expunged that this one may still fetch: Dovecot answers BODY[] NIL.
         self.ghosts: set[int] = set()
+        # How a partial fetch's answer is named: "origin" (BODY[]<0>, RFC 3501),
+        # "origin.length" (BODY[]<0.131072>, as some servers do), or any other
+        # text, put between the brackets of BODY[...] (a server imapfs cannot follow).
+        self.partial_answer = "origin"
         self._next_uidvalidity = 1000
         self.create("INBOX")
 
@@ -115,6 +121,8 @@ class FakeSession:
         self.selected_readonly = True
         self.status: FolderStatus | None = None
         self.last_used = time.monotonic()
+        self.opened_at = self.last_used
+        self.answered = 0
         self.capabilities = server.capabilities
         self.qresync = "QRESYNC" in server.capabilities
 
@@ -124,9 +132,14 @@ class FakeSession:
         if self.server.fail_next:
             self.broken = True
             raise self.server.fail_next.pop(0)
+        self.answered += 1
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
+
+    @contextlib.contextmanager
+    def time_limit(self, deadline: float) -> Iterator[None]:
+        yield
 
     def _box(self, name: str | None = None) -> FakeMailbox:
         name = name if name is not None else self.selected
@@ -194,7 +207,9 @@ class FakeSession:
                     data[b"BODY[]"] = None if uid in self.server.ghosts else msg.raw
                 elif upper.startswith("BODY.PEEK[]<"):
                     start, length = (int(x) for x in upper[len("BODY.PEEK[]<"):-1].split("."))
-                    data[f"BODY[]<{start}>".encode()] = msg.raw[start:start + length]
+                    key = {"origin": f"BODY[]<{start}>", "origin.length": f"BODY[]<{start}.{length}>"}.get(
+                        self.server.partial_answer, f"BODY[{self.server.partial_answer}]")
+                    data[key.encode()] = msg.raw[start:start + length]
                 elif upper == "UID":
                     pass
                 else:
