@@ -18,6 +18,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── AlreadyExists            folder or message name taken
     ├── NotEmpty                 folder still holds messages or children
     ├── InvalidMessage           bytes written are not an RFC 5322 message
+    ├── InvalidName              no folder can have this name (a level holding the delimiter)
     ├── ReadOnly                 the mount (or the object) does not accept writes
     └── NotSupported             the operation has no meaning for mail
 """
@@ -79,6 +80,10 @@ class NotEmpty(ImapFSError):
 
 class InvalidMessage(ImapFSError):
     """Bytes given as a message are not an RFC 5322 message."""
+
+
+class InvalidName(ImapFSError):
+    """A directory name that no IMAP folder name can express on this server."""
 
 
 class ReadOnly(ImapFSError):

@@ -38,6 +38,7 @@ from imapfs.errors import (
     ConnectError,
     ImapFSError,
     InvalidMessage,
+    InvalidName,
     NotEmpty,
     NotFound,
     NotSupported,
@@ -75,6 +76,7 @@ def errno_for(exc: BaseException) -> int:
         (AlreadyExists, errno.EEXIST),
         (NotEmpty, errno.ENOTEMPTY),
         (InvalidMessage, errno.EINVAL),
+        (InvalidName, errno.EINVAL),
         (NotSupported, errno.EPERM),
         (QuotaError, errno.EDQUOT),
         (ConnectError, errno.EIO),
@@ -639,7 +641,7 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if isinstance(target, DirNode):
             if name == XATTR_FOLDER and target.folder is not None:
-                return target.folder.name.encode("utf-8")
+                return names.folder_display(target.folder.name).encode("utf-8")
             raise refuse(ENOATTR)
         if isinstance(target, NewFile):
             raise refuse(ENOATTR)
@@ -829,8 +831,7 @@ class ImapFS(fuse.Operations):
         parent = self._dir(new_parts[:-1])
         if parent is None:
             raise NotFound(new)
-        delimiter = node.folder.delimiter
-        target = names.parts_to_folder(new_parts, delimiter)
+        target = _folder_name(new, new_parts, node.folder.delimiter)
         self.store.rename_folder(node.folder.name, target)
         return 0
 
@@ -843,7 +844,7 @@ class ImapFS(fuse.Operations):
             raise AlreadyExists(path)
         if self._dir(parts[:-1]) is None:
             raise NotFound(path)
-        self.store.create_folder(names.parts_to_folder(parts, self._delimiter()))
+        self.store.create_folder(_folder_name(path, parts, self._delimiter()))
         return 0
 
     def _delimiter(self) -> str | None:
@@ -902,6 +903,16 @@ class ImapFS(fuse.Operations):
     def link(self, target: str, source: str) -> int:
         self._check_writable()
         raise refuse(errno.EPERM)
+
+
+def _folder_name(path: str, parts: list[str], delimiter: str | None) -> str:
+    """The IMAP folder a new directory path names, or InvalidName (EINVAL)
+    where none can: mkdir 'a%2Fb' on a server whose delimiter is '/' would
+    otherwise create a/b, two levels."""
+    try:
+        return names.parts_to_folder(parts, delimiter)
+    except ValueError as exc:
+        raise InvalidName(f"no IMAP folder can be called {path!r} on this server: {exc}") from None
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

@@ -28,6 +28,7 @@ import imapclient
 from imapclient import exceptions as imapexc
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
 
+from imapfs import names
 from imapfs.config import Account, Options
 from imapfs.errors import (
     AlreadyExists,
@@ -203,16 +204,34 @@ class Session:
                 with contextlib.suppress(OSError):
                     sock.settimeout(normal)
 
+    @contextlib.contextmanager
+    def _names_as_sent(self) -> Iterator[None]:
+        """imapclient decodes and encodes folder names itself, and cannot
+        take or give names that are not valid modified UTF-7 (a LIST with
+        one such name fails whole). Meanwhile it passes them as they are:
+        LIST names undecoded, and command arguments as _wire() made them."""
+        self._client.folder_encode = False
+        try:
+            yield
+        finally:
+            self._client.folder_encode = True
+
+    @staticmethod
+    def _wire(folder: str) -> str:
+        return names.encode_folder_name(folder).decode("ascii")
+
     # --- reading ---------------------------------------------------------
     def list_folders(self) -> list[Folder]:
-        with self._translating():
+        with self._translating(), self._names_as_sent():
             rows = self._client.list_folders()
         folders = []
-        for flags, delimiter, name in rows:
+        for flags, delimiter, wire in rows:
             if isinstance(delimiter, bytes):
                 delimiter = delimiter.decode("ascii", "replace")
-            if isinstance(name, bytes):  # not valid modified UTF-7: show the raw name
-                name = name.decode("utf-8", "replace")
+            name = names.decode_folder_name(wire if isinstance(wire, bytes) else str(wire).encode())
+            if name is None:
+                _skipped_folder(wire if isinstance(wire, bytes) else str(wire).encode())
+                continue
             flag_set = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
             folders.append(Folder(name=name, delimiter=delimiter or None, flags=flag_set))
         return folders
@@ -227,8 +246,8 @@ class Session:
         """
         self.selected = None
         self.status = None
-        with self._translating():
-            response = self._client.select_folder(folder, readonly=readonly)
+        with self._translating(), self._names_as_sent():
+            response = self._client.select_folder(self._wire(folder), readonly=readonly)
         self.selected = folder
         self.selected_readonly = readonly
         self.status = FolderStatus(
@@ -359,7 +378,8 @@ class Session:
             what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
             if self.has("CONDSTORE"):
                 what.append("HIGHESTMODSEQ")
-            return self._client.folder_status(folder, what)
+            with self._names_as_sent():
+                return self._client.folder_status(self._wire(folder), what)
 
     def find_message_id(self, folder: str, message_id: str, first_uid: int) -> tuple[int, list[int]]:
         """The folder's UIDVALIDITY, and its UIDs >= first_uid whose Message-ID is message_id."""
@@ -372,17 +392,17 @@ class Session:
     def append(self, folder: str, message: bytes, flags: Iterable[str],
                when: dt.datetime | None) -> tuple[int, int] | None:
         """APPEND; returns (UIDVALIDITY, UID) when the server reports APPENDUID."""
-        with self._translating():
-            response = self._client.append(folder, message, flags=tuple(flags), msg_time=when)
+        with self._translating(), self._names_as_sent():
+            response = self._client.append(self._wire(folder), message, flags=tuple(flags), msg_time=when)
         return _appenduid(response)
 
     def copy(self, uids: list[int], target: str) -> None:
-        with self._translating():
-            self._client.copy(uids, target)
+        with self._translating(), self._names_as_sent():
+            self._client.copy(uids, self._wire(target))
 
     def move(self, uids: list[int], target: str) -> None:
-        with self._translating():
-            self._client.move(uids, target)
+        with self._translating(), self._names_as_sent():
+            self._client.move(uids, self._wire(target))
 
     def set_flags(self, uids: list[int], flags: Iterable[str]) -> None:
         with self._translating():
@@ -397,20 +417,22 @@ class Session:
             self._client.uid_expunge(uids)
 
     def create_folder(self, folder: str) -> None:
-        with self._translating():
-            self._client.create_folder(folder)
+        with self._translating(), self._names_as_sent():
+            self._client.create_folder(self._wire(folder))
 
     def delete_folder(self, folder: str) -> None:
         with self._translating():
             if self.selected == folder:
                 self.unselect()
-            self._client.delete_folder(folder)
+            with self._names_as_sent():
+                self._client.delete_folder(self._wire(folder))
 
     def rename_folder(self, old: str, new: str) -> None:
         with self._translating():
             if self.selected == old:
                 self.unselect()
-            self._client.rename_folder(old, new)
+            with self._names_as_sent():
+                self._client.rename_folder(self._wire(old), self._wire(new))
 
     def unselect(self) -> None:
         with self._translating():
@@ -440,6 +462,20 @@ class Session:
             self._client.logout()
         with contextlib.suppress(Exception):
             self._client.shutdown()
+
+
+_skipped_lock = threading.Lock()  # guards _skipped
+_skipped: set[bytes] = set()
+
+
+def _skipped_folder(wire: bytes) -> None:
+    """Say once per name (LIST runs every few seconds) that a folder is not shown."""
+    with _skipped_lock:
+        first = wire not in _skipped
+        _skipped.add(wire)
+    (log.warning if first else log.debug)(
+        "folder %r is not shown: its name holds bytes that are neither modified UTF-7 nor printable ASCII, "
+        "so no command could name it", wire)
 
 
 def _appenduid(response: Any) -> tuple[int, int] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+import logging
 
 import pytest
 
@@ -16,15 +17,23 @@ ACCOUNT = Account(user="alice", host="stub.invalid", port=993, implicit_tls=True
 class StubClient:
     """The few IMAPClient methods Session calls, answering from a dict of folders."""
 
-    def __init__(self, folders: dict[str, int]) -> None:
+    def __init__(self, folders: dict[str, int], listed: list[bytes] = ()) -> None:
         self.folders = folders  # name -> UIDVALIDITY
+        self.listed = list(listed)  # names as LIST sends them
         self.calls: list[tuple] = []
         self.folder_encode = True
 
     def capabilities(self) -> tuple[bytes, ...]:
         return (b"IMAP4REV1", b"UNSELECT")
 
+    def list_folders(self):
+        # imapclient decodes names itself unless told not to, and fails the
+        # whole LIST on one name that is not valid modified UTF-7.
+        assert not self.folder_encode, "imapfs decodes folder names itself"
+        return [((b"\\HasNoChildren",), b"/", name) for name in self.listed]
+
     def select_folder(self, folder, readonly=False):
+        assert not self.folder_encode and isinstance(folder, str) and folder.isascii()
         self.calls.append(("SELECT", folder, readonly))
         if folder not in self.folders:
             # What imaplib raises for Dovecot's tagged NO.
@@ -44,3 +53,21 @@ def test_a_failed_select_leaves_no_folder_selected():
     assert session.ensure_selected("A").uidvalidity == 7
     assert [call[1] for call in client.calls] == ["A", "B", "A"]
     assert not session.broken
+
+
+def test_folders_are_listed_whatever_their_names_and_named_back_exactly(caplog):
+    listed = [b"INBOX", b"Donn&AOk-es", b"bad&Zz-name", b"nul&AAA-x", b"a//b", b"trailing/", "café".encode()]
+    client = StubClient({"bad&Zz-name": 3, "Donn&AOk-es": 4}, listed)
+    session = Session(client, ACCOUNT)
+    caplog.set_level(logging.DEBUG, logger="imapfs.pool")
+    for _ in range(3):  # LIST runs every few seconds
+        folders = session.list_folders()
+    assert [f.name for f in folders] == ["INBOX", "Données", "bad\udc26Zz-name", "nul\x00x", "a//b", "trailing/"]
+    assert client.folder_encode  # left as imapclient expects it
+    skipped = [r for r in caplog.records if "café".encode() in r.getMessage().encode("utf-8", "replace")
+               or "caf\\xc3" in r.getMessage()]
+    assert [r.levelno for r in skipped] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    # Selected by the very bytes LIST gave, not by a re-encoding of them.
+    assert session.select(folders[2].name).uidvalidity == 3
+    assert session.select("Données").uidvalidity == 4
+    assert [call[1] for call in client.calls] == ["bad&Zz-name", "Donn&AOk-es"]
