@@ -910,9 +910,15 @@ def _folder_name(path: str, parts: list[str], delimiter: str | None) -> str:
     where none can: mkdir 'a%2Fb' on a server whose delimiter is '/' would
     otherwise create a/b, two levels."""
     try:
-        return names.parts_to_folder(parts, delimiter)
+        name = names.parts_to_folder(parts, delimiter)
     except ValueError as exc:
         raise InvalidName(f"no IMAP folder can be called {path!r} on this server: {exc}") from None
+    shown = names.folder_to_parts(name, delimiter)
+    if list(shown) != list(parts):
+        # e.g. "50%25" names the folder "50%", which shows as "50%": the
+        # tool that made the directory would not find it under its name.
+        raise InvalidName(f"{path!r} would show as {'/'.join(shown)!r}; use that name")
+    return name
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

@@ -53,6 +53,11 @@ IDLE_CHECK_AFTER = 20.0
 # New connections in a row that die before answering one command: then the
 # server accepts logins but drops every command, and retrying only costs time.
 DROPS_BEFORE_FAILING_FAST = 3
+# A literal bigger than a command's limit (fetch_each(literal_limit=...)) is
+# read and dropped in pieces of this size, never held whole.
+DRAIN_CHUNK = 1 << 16
+# ... for at most this long; then the connection is given up instead.
+DRAIN_SECONDS = 60.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,6 +168,14 @@ class Session:
         self.capabilities = frozenset(c.decode().upper() if isinstance(c, bytes) else c.upper()
                                       for c in client.capabilities())
         self.qresync = False  # set by connect() once ENABLE QRESYNC succeeded
+        # Literals are read through _bounded_read, so that one response cannot
+        # cost more memory than the command it answers may (see fetch_each).
+        self.literal_limit: int | None = None
+        self.literals_dropped = 0
+        imap = getattr(client, "_imap", None)
+        if imap is not None:
+            self._read_literal = imap.read
+            imap.read = self._bounded_read
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
@@ -186,6 +199,26 @@ class Session:
             self.answered += 1
         finally:
             self.last_used = time.monotonic()
+
+    def _bounded_read(self, size: int) -> bytes:
+        """imaplib's read() of one literal. One larger than literal_limit
+        (500 MB answering a FETCH of two header fields) is read and dropped
+        in pieces, so the connection stays in step, and an empty
+        DroppedLiteral stands for it."""
+        limit = self.literal_limit
+        if limit is None or size <= limit:
+            return self._read_literal(size)
+        log.warning("%s:%d sent a %d-byte literal where at most %d bytes were expected; dropped it",
+                    self._account.host, self._account.port, size, limit)
+        started = time.monotonic()
+        left = size
+        while left:
+            piece = self._read_literal(min(left, DRAIN_CHUNK))
+            if not piece or time.monotonic() - started > DRAIN_SECONDS:
+                raise imaplib.IMAP4.abort(f"gave up reading an oversized literal ({size} bytes)")
+            left -= len(piece)
+        self.literals_dropped += 1
+        return DroppedLiteral(size)
 
     @contextlib.contextmanager
     def time_limit(self, deadline: float) -> Iterator[None]:
@@ -291,7 +324,8 @@ class Session:
         return flags, vanished
 
     def fetch(self, uid_set: str | list[int], items: list[str],
-              modifiers: list[str] | None = None) -> dict[int, dict[bytes, Any]]:
+              modifiers: list[str] | None = None, *, literal_limit: int | None = None
+              ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH; the result is keyed by UID.
 
         imapclient's own fetch() only accepts lists of single UIDs (it drops
@@ -303,12 +337,12 @@ class Session:
         them to a UID would be a guess.
         """
         results: list[dict[int, dict[bytes, Any]]] = []
-        self.fetch_each([uid_set], items, results.append, modifiers=modifiers)
+        self.fetch_each([uid_set], items, results.append, modifiers=modifiers, literal_limit=literal_limit)
         return results[0]
 
     def fetch_each(self, uid_sets: Iterable[str | list[int]], items: list[str],
                    handle: Callable[[dict[int, dict[bytes, Any]]], None], *,
-                   modifiers: list[str] | None = None, ahead: int = 4) -> None:
+                   modifiers: list[str] | None = None, ahead: int = 4, literal_limit: int | None = None) -> None:
         """fetch() for each UID set in turn, handing each set's result to
         handle(), with up to `ahead` commands on the wire at once.
 
@@ -322,6 +356,11 @@ class Session:
         one at a time. If anything fails with commands still unanswered, the
         connection is marked broken: their answers would otherwise be read
         as the replies to later commands.
+
+        With literal_limit, a literal in the answers longer than that is
+        dropped (read, not kept; it reads as an empty DroppedLiteral and
+        literals_dropped counts it), so that no response costs more memory
+        than it should.
         """
         def command(uid_set: str | list[int]) -> tuple[str, list[int] | None]:
             if isinstance(uid_set, str):
@@ -338,6 +377,7 @@ class Session:
         remaining = iter(uid_sets)
         sent: collections.deque[tuple[str, list[int] | None]] = collections.deque()
         arrived: dict[int, dict[bytes, Any]] = {}  # answers by UID, for sets not yet complete
+        self.literal_limit = literal_limit
         try:
             while True:
                 with self._translating():
@@ -368,6 +408,8 @@ class Session:
             if sent:
                 self.broken = True
             raise
+        finally:
+            self.literal_limit = None
 
     def noop(self) -> None:
         with self._translating():
@@ -462,6 +504,21 @@ class Session:
             self._client.logout()
         with contextlib.suppress(Exception):
             self._client.shutdown()
+
+
+class DroppedLiteral(bytes):
+    """Stands, empty, for a literal too big to keep. Its len() is the size
+    the server announced, because both FETCH parsers (fetch_response's and
+    imapclient's) check a literal's length against that; everything else
+    sees no bytes (slicing, decoding, searching it gives b"")."""
+
+    def __new__(cls, announced: int) -> DroppedLiteral:
+        dropped = super().__new__(cls, b"")
+        dropped.announced = announced
+        return dropped
+
+    def __len__(self) -> int:
+        return self.announced
 
 
 _skipped_lock = threading.Lock()  # guards _skipped

@@ -30,6 +30,10 @@ from imapfs.readahead import ReadAhead
 log = logging.getLogger(__name__)
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"
+# Two header fields are a few hundred bytes; a server sending more than this
+# for them has them dropped (the message lists as no-subject) rather than
+# held in memory: a listing must not cost what a hostile server decides.
+HEADER_LITERAL_LIMIT = 64 * 1024
 METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
 # Messages up to WHOLE_LIMIT are fetched whole on first read; larger ones in
 # aligned chunks, so `head` on a 50 MB message costs one small chunk, not
@@ -212,7 +216,8 @@ class MailStore:
                     listing.add(meta)
 
         step = self.options.fetch_batch
-        session.fetch_each((uids[start:start + step] for start in range(0, len(uids), step)), METADATA_ITEMS, add)
+        session.fetch_each((uids[start:start + step] for start in range(0, len(uids), step)), METADATA_ITEMS, add,
+                           literal_limit=HEADER_LITERAL_LIMIT)
 
     @staticmethod
     def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> None:
@@ -438,10 +443,15 @@ class MailStore:
                 status = session.select(folder)
                 if status.uidvalidity != uidvalidity:
                     raise StaleMessage(f"folder {folder!r} was recreated")
+            dropped = session.literals_dropped
             try:
-                data = session.fetch([uid], [item]).get(uid)
+                # A range is never longer than asked for: more is not held.
+                data = session.fetch([uid], [item], literal_limit=part[1] if part else None).get(uid)
             except NotFound:  # NO [EXPUNGEISSUED] and the like
                 continue
+            if session.literals_dropped != dropped:
+                raise ProtocolError(f"the server answered {item} of UID {uid} in {folder!r} with more bytes "
+                                    "than asked for")
             key = next((key for key in data if matches(key)), None) if data else None
             if data and key is None:
                 answered = sorted(key for key in data if key.startswith((b"BODY", b"RFC822")))

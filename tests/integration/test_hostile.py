@@ -7,14 +7,17 @@ in front of it rewrites what it says.
 from __future__ import annotations
 
 import errno
+import re
 import time
+from pathlib import Path
 
 import pytest
 
 from imapfs.config import Options, parse_url
 from imapfs.errors import NotFound
 from imapfs.pool import connect
-from tests.integration.helpers import eml_files, message, sh, wait_for
+from tests.integration.helpers import eml_files, message, server_messages, sh, wait_for
+from tests.support.proxy import ImapProxy
 
 
 @pytest.fixture
@@ -72,3 +75,101 @@ def test_with_the_server_down_a_read_fails_within_the_promised_time(own_dovecot,
     finally:
         own_dovecot.start()
     assert wait_for(lambda: timed_read(files[2])[1] == 0, timeout=30)
+
+
+@pytest.fixture
+def proxy_for(dovecot):
+    """proxy_for(ProxyClass, ...) -> a running proxy in front of the session Dovecot."""
+    started: list[ImapProxy] = []
+
+    def start(kind: type[ImapProxy], **options) -> ImapProxy:
+        proxy = kind(dovecot.imaps_port, dovecot.tls_dir, dovecot.ca_file, **options)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.close()
+
+
+class PartialWithLength(ImapProxy):
+    """Answers BODY.PEEK[]<0.131072> as BODY[]<0.n> (a Gmail-like test server did), or as `name`."""
+
+    def __init__(self, *args, name: bytes | None = None) -> None:
+        super().__init__(*args)
+        self.name = name
+
+    def from_server(self, conn, line, literal):
+        def rename(match):
+            return match.expand(self.name or rb"BODY[]<\1.\2> {\2}")
+        yield re.sub(rb"BODY\[\]<(\d+)> \{(\d+)\}", rename, line)
+        if literal is not None:
+            yield literal
+
+
+def large_message(subject: str) -> bytes:
+    body = "".join(f"line {i:07d} of a message over a megabyte\r\n" for i in range(70_000))
+    return message(subject, body)
+
+
+def test_a_partial_fetch_answered_with_its_length_reads_exactly(dovecot, imap, fresh_folder, mount, proxy_for):
+    raw = large_message("big, answered oddly")
+    dovecot.append(fresh_folder, raw)
+    stored = next(iter(server_messages(imap, fresh_folder).values()))["body"]
+    proxy = proxy_for(PartialWithLength)
+    m = mount(url=proxy.url(dovecot.user))
+    path = eml_files(m.path / fresh_folder)[0]
+    assert sh("head", "-c", "4096", path).stdout == stored[:4096]
+    assert sh("cat", path).stdout == stored  # before: ENOENT, "the message is gone"
+
+
+def test_a_partial_fetch_answered_under_another_name_is_eio_and_logged(dovecot, fresh_folder, mount, proxy_for):
+    dovecot.append(fresh_folder, large_message("big, answered wrongly"))
+    proxy = proxy_for(PartialWithLength, name=b"BODY[TEXT]<0> {\\2}")
+    m = mount(url=proxy.url(dovecot.user))
+    path = eml_files(m.path / fresh_folder)[0]
+    done = sh("head", "-c", "4096", path, check=False)
+    assert done.returncode != 0 and b"Input/output error" in done.stderr, done.stderr
+    assert "cannot match" in m.log()
+
+
+HUGE = 300 * 1024 * 1024
+
+
+class HugeHeaderFields(ImapProxy):
+    """Answers the header FETCH of one message with a 300 MB literal, made up in pieces."""
+
+    def from_server(self, conn, line, literal):
+        if literal is not None and b"HEADER.FIELDS" in line and b"huge-header" in literal:
+            yield re.sub(rb"\{\d+\}\r\n\Z", b"{%d}\r\n" % HUGE, line)
+            piece = b"Subject: " + b"X" * (1024 * 1024 - 9)
+            for _ in range(HUGE // len(piece)):
+                yield piece
+            yield b"X" * (HUGE % len(piece))
+            return
+        yield line
+        if literal is not None:
+            yield literal
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_huge_literal_for_the_header_fields_costs_neither_memory_nor_the_listing(
+        dovecot, fresh_folder, mount, proxy_for):
+    dovecot.append(fresh_folder, message("huge-header"))
+    dovecot.append(fresh_folder, message("an ordinary one"))
+    proxy = proxy_for(HugeHeaderFields)
+    m = mount(url=proxy.url(dovecot.user))
+    names = sorted(p.name for p in eml_files(m.path / fresh_folder))
+    peak = peak_rss_mb(m.proc.pid)
+    assert peak < 150, f"imapfs peaked at {peak:.0f} MB listing a folder with a 300 MB header literal"
+    # The one message lists without its subject; the rest as always; both read.
+    assert len(names) == 2 and any("_no-subject_" in n for n in names) and any("ordinary" in n for n in names)
+    for path in eml_files(m.path / fresh_folder):
+        assert sh("cat", path).stdout.startswith(b"From:")
+    assert "314572800-byte literal" in m.log()

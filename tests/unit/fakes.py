@@ -125,6 +125,7 @@ class FakeSession:
         self.answered = 0
         self.capabilities = server.capabilities
         self.qresync = "QRESYNC" in server.capabilities
+        self.literals_dropped = 0
 
     def _log(self, *command: Any) -> None:
         self.last_used = time.monotonic()
@@ -169,13 +170,13 @@ class FakeSession:
         return sorted(self._box().messages)
 
     def fetch_each(self, uid_sets: Any, items: list[str], handle: Any, *, modifiers: list[str] | None = None,
-                   ahead: int = 4) -> None:
+                   ahead: int = 4, literal_limit: int | None = None) -> None:
         # Pipelining changes when commands are sent, not what they return: one logged FETCH per set.
         for uid_set in uid_sets:
-            handle(self.fetch(uid_set, items, modifiers))
+            handle(self.fetch(uid_set, items, modifiers, literal_limit=literal_limit))
 
-    def fetch(self, uid_set: str | list[int], items: list[str], modifiers: list[str] | None = None
-              ) -> dict[int, dict[bytes, Any]]:
+    def fetch(self, uid_set: str | list[int], items: list[str], modifiers: list[str] | None = None, *,
+              literal_limit: int | None = None) -> dict[int, dict[bytes, Any]]:
         self._log("UID FETCH", uid_set if isinstance(uid_set, str) else list(uid_set), tuple(items),
                   tuple(modifiers or ()))
         box = self._box()

@@ -72,3 +72,11 @@ def test_a_directory_name_holding_the_delimiter_is_refused_not_split(fs, server)
     # An escape that names one level creates that level.
     fs.mkdir("/ctl%02", 0o755)
     assert "ctl\x02" in server.mailboxes
+
+
+def test_a_name_that_would_show_differently_is_refused(fs, server):
+    with pytest.raises(mfusepy.FuseOSError) as refused:
+        fs.mkdir("/50%25", 0o755)  # the folder "50%", which shows as "50%"
+    assert refused.value.errno == errno.EINVAL
+    fs.mkdir("/50%", 0o755)
+    assert "50%" in server.mailboxes

@@ -71,3 +71,33 @@ def test_folders_are_listed_whatever_their_names_and_named_back_exactly(caplog):
     assert session.select(folders[2].name).uidvalidity == 3
     assert session.select("Données").uidvalidity == 4
     assert [call[1] for call in client.calls] == ["bad&Zz-name", "Donn&AOk-es"]
+
+
+class Stream:
+    """imaplib's side of a connection: read(size) serves a literal of `size` bytes."""
+
+    def __init__(self) -> None:
+        self.largest_read = 0
+        self.served = 0
+
+    def read(self, size: int) -> bytes:
+        self.largest_read = max(self.largest_read, size)
+        self.served += size
+        return b"x" * size
+
+
+def test_a_literal_over_the_limit_is_read_in_pieces_and_dropped(caplog):
+    client = StubClient({})
+    client._imap = stream = Stream()
+    session = Session(client, ACCOUNT)
+    assert client._imap.read(1000) == b"x" * 1000  # no limit: as imaplib would
+    session.literal_limit = 64 * 1024
+    caplog.set_level(logging.WARNING, logger="imapfs.pool")
+    dropped = client._imap.read(500_000_000)
+    assert bytes(dropped) == b"" and dropped[:10] == b"" and b"Subject" not in dropped
+    assert len(dropped) == 500_000_000  # what both FETCH parsers check against the announced size
+    assert stream.served == 1000 + 500_000_000  # the connection stays in step
+    assert stream.largest_read <= 1 << 16  # never held whole
+    assert session.literals_dropped == 1
+    assert len([r for r in caplog.records if "500000000-byte literal" in r.getMessage()]) == 1
+    assert client._imap.read(100) == b"x" * 100
