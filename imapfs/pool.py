@@ -763,6 +763,12 @@ class ConnectionPool:
                     if not (sent and not idempotent):
                         self._health.gave_up()
                     raise
+                if session is not None and session.opened_at < attempt_started:
+                    # A pooled connection that died says little about the
+                    # server now (a kick, a restart, an idle timeout): the
+                    # next one, pooled or new, is tried at once.
+                    log.debug("pooled IMAP connection failed (%s); retry %d at once", exc, attempt)
+                    continue
                 log.info("IMAP connection failed (%s); retry %d in %.1f s", exc, attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)

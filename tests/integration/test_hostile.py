@@ -7,8 +7,10 @@ in front of it rewrites what it says.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,126 @@ def test_a_huge_literal_for_the_header_fields_costs_neither_memory_nor_the_listi
     for path in eml_files(m.path / fresh_folder):
         assert sh("cat", path).stdout.startswith(b"From:")
     assert "314572800-byte literal" in m.log()
+
+
+class DropsAfterLogin(ImapProxy):
+    """While `dropping`: accepts logins, then closes the connection at its next command."""
+
+    dropping = False
+
+    def from_client(self, conn, line):
+        if self.dropping and conn.state.get("logged_in"):
+            return None
+        if re.match(rb"\S+ LOGIN ", line, re.IGNORECASE):
+            conn.state["logged_in"] = True
+        return line
+
+
+def test_a_server_that_drops_every_command_after_login_fails_fast(dovecot, fresh_folder, mount, proxy_for):
+    for i in range(3):
+        dovecot.append(fresh_folder, message(f"dropped {i}", "body " * 40))
+    proxy = proxy_for(DropsAfterLogin)
+    m = mount(url=proxy.url(dovecot.user))
+    files = eml_files(m.path / fresh_folder)
+    proxy.dropping = True
+    try:
+        elapsed, error = timed_read(files[0])
+        assert error == errno.EIO
+        assert elapsed < 5, f"the first read took {elapsed:.1f} s (every retry pays a new login)"
+        elapsed, error = timed_read(files[1])
+        assert error == errno.EIO and elapsed < 2, f"the second read took {elapsed:.1f} s"
+    finally:
+        proxy.dropping = False
+    log = m.log()
+    assert log.count("accepts logins but dropped") == 1, log
+    assert log.count("; retry ") <= 4, log
+    assert wait_for(lambda: timed_read(files[2])[1] == 0, timeout=20)
+
+
+class RenamesFolders(ImapProxy):
+    """Shows real folders under names Dovecot refuses to create: LIST and
+    STATUS answers carry the odd name, commands naming it reach the real one."""
+
+    def __init__(self, *args, names: dict[bytes, bytes]) -> None:
+        super().__init__(*args)
+        self.to_odd = names  # real wire name -> odd wire name
+
+    def from_server(self, conn, line, literal):
+        if re.match(rb"\* (LIST|LSUB|STATUS) ", line):
+            for real, odd in self.to_odd.items():
+                found = re.search(rb'( |")' + re.escape(real) + rb'("?)( \(|\r\n)', line)
+                if found:
+                    head, tail = line[:found.start(1)], line[found.end(2):]
+                    if all(0x20 <= b < 0x7F and b not in b'"\\' for b in odd):
+                        line = head + b' "' + odd + b'"' + tail
+                    else:  # as a literal, which is how a server sends 8-bit names
+                        yield head + b" {%d}\r\n" % len(odd) + odd
+                        line = tail
+        yield line
+        if literal is not None:
+            yield literal
+
+    def from_client(self, conn, line):
+        for real, odd in self.to_odd.items():
+            line = line.replace(b'"' + odd + b'"', b'"' + real + b'"')
+        return line
+
+
+# odd wire name -> where it must show (Dovecot refuses to create all of these)
+ODD_NAMES = {
+    b"nul&AAA-x": "nul%00x",  # decodes to NUL
+    b"ctl&AAE-x": "ctl%01x",  # a control character
+    b"x&AC8-y": "x%26AC8-y",  # "/" encoded where it must not be: not valid modified UTF-7
+    b"bad&Zz-name": "bad%26Zz-name",  # invalid base64
+    b"a//b": "a/%/b",  # an empty level
+    b"trailing/": "trailing/%",
+}
+
+
+def test_folders_with_hostile_names_show_escaped_and_the_rest_works(own_dovecot, mount):
+    # Dovecot accepts these four as they are...
+    with own_dovecot.client() as client:
+        for wire in (b"del&AH8-", b"c1&AIU-", b"%", b"%2F"):
+            client._imap._simple_command("CREATE", b'"' + wire + b'"')
+    real_names = {}
+    for number, odd in enumerate([*ODD_NAMES, "café".encode()]):
+        real = f"backing-{number}"
+        own_dovecot.create_folder(real)
+        own_dovecot.append(real, message(f"in backing {number}"))
+        real_names[real.encode()] = odd
+    for wire in ("del\x7f", "c1\x85", "%", "%2F"):
+        own_dovecot.append(wire, message(f"in {wire!r}"))
+    own_dovecot.append("INBOX", message("plain"))
+    # ...and a proxy shows the others, which it refuses.
+    proxy = RenamesFolders(own_dovecot.imaps_port, own_dovecot.tls_dir, own_dovecot.ca_file, names=real_names)
+    try:
+        m = mount("folders_ttl=0", url=proxy.url(own_dovecot.user), ca_file=own_dovecot.ca_file)
+        shown = {**{odd: path for odd, path in ODD_NAMES.items()},
+                 b"del&AH8-": "del%7F", b"c1&AIU-": "c1%85", b"%": "%25", b"%2F": "%252F"}
+        for _ in range(3):  # the folder list is fetched again each time (folders_ttl=0)
+            root = set(os.listdir(m.path))
+        assert {"INBOX", "nul%00x", "ctl%01x", "x%26AC8-y", "bad%26Zz-name", "a", "trailing", "del%7F", "c1%85",
+                "%25", "%252F"} <= root
+        for wire, path in shown.items():
+            files = eml_files(m.path / path)
+            assert len(files) == 1, (wire, path)
+            assert sh("cat", files[0]).stdout.startswith(b"From:"), path
+        assert sh("getfattr", "--only-values", "-n", "user.imap.folder", m.path / "bad%26Zz-name").stdout \
+            == b"bad&Zz-name"
+        assert eml_files(m.path / "INBOX")
+        assert not any("caf" in name for name in root)
+        assert m.log().count("is not shown") == 1, m.log()  # one line, however often LIST runs
+    finally:
+        proxy.close()
+
+
+def test_mkdir_of_a_level_holding_the_delimiter_is_refused_not_split(dovecot, imap, mount):
+    m = mount()
+    name = f"a%2Fb-{uuid.uuid4().hex[:8]}"
+    done = sh("mkdir", m.path / name, check=False)
+    assert done.returncode != 0 and b"Invalid argument" in done.stderr, done.stderr
+    listed = {folder for _flags, _delimiter, folder in imap.list_folders()}
+    assert not any(folder.startswith("a/b-") or folder == "a" for folder in listed)
+    assert "hierarchy delimiter" in m.log()
+    sh("mkdir", m.path / f"ctl%7F{name[6:]}")  # an escape that names one level does create it
+    assert f"ctl\x7f{name[6:]}" in {folder for _flags, _delimiter, folder in imap.list_folders()}
