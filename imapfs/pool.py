@@ -626,11 +626,12 @@ class ServerHealth:
         with self._lock:
             self._drops += 1
             clear = self._drops == DROPS_BEFORE_FAILING_FAST
+            pattern = self._drops >= DROPS_BEFORE_FAILING_FAST
         if clear:
             log.warning("the IMAP server accepts logins but dropped %d new connections in a row before "
                         "answering a command (%s); operations fail at once until it answers again",
                         DROPS_BEFORE_FAILING_FAST, exc)
-        return self._drops >= DROPS_BEFORE_FAILING_FAST
+        return pattern
 
     def gave_up(self) -> None:
         with self._lock:
