@@ -39,7 +39,8 @@ def test_a_run_that_hangs_on_a_stopped_mount_ends_and_leaves_nothing(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "tests.support.supervise", "--limit", "120", "--", str(tmp_path / "test_hang.py"),
          "-q", "-p", "no:cacheprovider", "-o", "timeout=5", "-o", "timeout_method=thread"],
-        cwd=REPO_ROOT, env={**os.environ, "HANG_INFO": str(info)}, capture_output=True, text=True, timeout=150)
+        cwd=REPO_ROOT, env={**os.environ, "HANG_INFO": str(info), "TMPDIR": str(tmp_path)},  # it keeps its dir: failed
+        capture_output=True, text=True, timeout=150)
     elapsed = time.monotonic() - started
     assert done.returncode != 0, done.stdout + done.stderr
     assert elapsed < 60, f"took {elapsed:.0f} s\n{done.stdout}{done.stderr}"
