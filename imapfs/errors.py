@@ -11,7 +11,8 @@ are translated once, in pool.py, with ``raise ... from exc``.
     │   ├── AuthenticationError  the server refused the login
     │   └── ServerUnavailable    connection refused, timed out, DNS, dropped
     │       ├── WriteUncertain   dropped after a write was sent whole: done or not, nobody knows
-    │       └── ConnectionLimit  the server refused one more connection for this user
+    │       ├── ConnectionLimit  the server refused one more connection for this user
+    │       └── DroppedAfterLogin  the login was accepted, the connection dropped before any answer
     ├── ProtocolError            the server answered NO/BAD or something unparsable
     │   └── QuotaError           the server refused a write for quota (OVERQUOTA)
     ├── NotFound                 no such folder or message
@@ -19,6 +20,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── AlreadyExists            folder or message name taken
     ├── NotEmpty                 folder still holds messages or children
     ├── InvalidMessage           bytes written are not an RFC 5322 message
+    ├── InvalidName              no folder can have this name (a level holding the delimiter)
     ├── ReadOnly                 the mount (or the object) does not accept writes
     ├── Busy                     another program is writing that file
     ├── Refused                  imapfs will not do this, to keep mail safe
@@ -62,6 +64,10 @@ class ConnectionLimit(ServerUnavailable):
     (Dovecot's mail_max_userip_connections, Gmail's 15): use one already open."""
 
 
+class DroppedAfterLogin(ServerUnavailable):
+    """The server accepted the login, then dropped the connection before it answered a command."""
+
+
 class ProtocolError(ImapFSError):
     """The server answered NO/BAD, or something imapfs cannot parse."""
 
@@ -88,6 +94,10 @@ class NotEmpty(ImapFSError):
 
 class InvalidMessage(ImapFSError):
     """Bytes given as a message are not an RFC 5322 message."""
+
+
+class InvalidName(ImapFSError):
+    """A directory name that no IMAP folder name can express on this server."""
 
 
 class ReadOnly(ImapFSError):

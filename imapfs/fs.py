@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 import mfusepy as fuse
 from cachetools import LRUCache
 
-from imapfs import callers, rfc5322
+from imapfs import callers, names, rfc5322
 from imapfs.errors import (
     AlreadyExists,
     Busy,
     ConnectError,
     ImapFSError,
     InvalidMessage,
+    InvalidName,
     NotEmpty,
     NotFound,
     NotSupported,
@@ -71,6 +72,7 @@ def errno_for(exc: BaseException) -> int:
         (AlreadyExists, errno.EEXIST),
         (NotEmpty, errno.ENOTEMPTY),
         (InvalidMessage, errno.EINVAL),
+        (InvalidName, errno.EINVAL),
         (NotSupported, errno.EPERM),
         (QuotaError, errno.EDQUOT),
         (ConnectError, errno.EIO),
@@ -592,7 +594,7 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if isinstance(target, DirNode):
             if name == XATTR_FOLDER and target.folder is not None:
-                return target.folder.name.encode("utf-8")
+                return names.folder_display(target.folder.name).encode("utf-8")
             raise refuse(ENOATTR)
         if isinstance(target, NewFile):
             raise refuse(ENOATTR)

@@ -12,6 +12,12 @@ mfusepy's FUSE class does not do by itself. Nothing here knows about mail.
   life. ctypes otherwise creates and destroys one around every callback,
   about a third of the cost of a FUSE request that Python answers.
 
+- On libfuse 3.12+, the mount's main loop run as fuse_main_real runs it,
+  but with one step between the loop's end and fuse_destroy: every
+  KernelCache stops (waiting for a call in progress). fuse_destroy frees
+  the node table fuse_invalidate_path walks, and fuse_main_real gives the
+  filesystem no word before it does (destroy() comes after).
+
 Operations passed to ImapFUSE provide ``dir_snapshot(path, fh, offset,
 plus)``: the directory's entries, as names or (name, stat dict, 0). An
 operations object whose ``kernel_opens`` is true answers open with ENOSYS;
@@ -21,9 +27,11 @@ ImapFUSE turns it off on a kernel without zero-message opens.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import select
 import threading
+import weakref
 from typing import Any
 
 import mfusepy as fuse
@@ -42,6 +50,22 @@ _thread_state = threading.local()
 # (max_idle_threads), so none ever exits. Older libfuse ends idle workers and
 # starts new ones in bursts: each would leave its kept thread state behind.
 KEEP_THREAD_STATES = (fuse.fuse_version_major, fuse.fuse_version_minor) >= (3, 12)
+# The main loop run here (see _main_stopping_kernel_caches_first): the calls it
+# needs exist from libfuse 3.12 on, under these names whatever the default version.
+_MAIN_CALLS = ("fuse_new_31", "fuse_mount", "fuse_daemonize", "fuse_get_session", "fuse_set_signal_handlers",
+               "fuse_remove_signal_handlers", "fuse_loop", "fuse_loop_mt_312", "fuse_loop_cfg_create",
+               "fuse_loop_cfg_destroy", "fuse_loop_cfg_set_clone_fd", "fuse_loop_cfg_set_idle_threads",
+               "fuse_loop_cfg_set_max_threads", "fuse_unmount", "fuse_destroy", "fuse_opt_free_args")
+OWN_MAIN_LOOP = KEEP_THREAD_STATES and fuse.fuse_version_major == 3 and all(
+    hasattr(fuse._libfuse, name) for name in _MAIN_CALLS)
+# Options fuse_main_real's command line parser takes for the loop; fuse_new refuses them.
+_LOOP_OPTIONS = (b"max_idle_threads", b"max_threads", b"clone_fd")
+# How long the end of the loop waits for an invalidation in progress (one
+# blocked in the kernel, on a page a reader holds while its READ goes
+# unanswered now that the loop has ended, would otherwise wait forever).
+STOP_WAIT_SECONDS = 5.0
+log = logging.getLogger(__name__)
+_kernel_caches: weakref.WeakSet[KernelCache] = weakref.WeakSet()
 
 
 def keep_thread_state() -> None:
@@ -68,6 +92,18 @@ class ImapFUSE(fuse.FUSE):
     LOOKUP per entry: 10,000 extra round trips for `ls -l` on a big
     folder. libfuse 3 takes the attributes and answers those itself.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not OWN_MAIN_LOOP:
+            super().__init__(*args, **kwargs)
+            return
+        # mfusepy calls fuse_main_real through its module global.
+        original = fuse.fuse_main_real
+        fuse.fuse_main_real = _main_stopping_kernel_caches_first
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            fuse.fuse_main_real = original
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         if KEEP_THREAD_STATES:
@@ -123,6 +159,124 @@ class ImapFUSE(fuse.FUSE):
         return prepared
 
 
+class _FuseArgs(ctypes.Structure):
+    _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)), ("allocated", ctypes.c_int)]
+
+
+def _split_options(text: bytes) -> list[bytes]:
+    """'a,b=c\\,d' -> [b'a', b'b=c\\,d']: libfuse's -o syntax, escapes kept."""
+    items, current, escaped = [], bytearray(), False
+    for byte in text:
+        if escaped:
+            current.append(byte)
+            escaped = False
+        elif byte == ord("\\"):
+            current.append(byte)
+            escaped = True
+        elif byte == ord(","):
+            items.append(bytes(current))
+            current = bytearray()
+        else:
+            current.append(byte)
+    items.append(bytes(current))
+    return [item for item in items if item]
+
+
+def _main_stopping_kernel_caches_first(argc: int, argv: Any, operations: Any, operations_size: int,
+                                        user_data: Any) -> int:
+    """libfuse 3.14's fuse_main_real, step for step, for the arguments
+    mfusepy passes (progname, -f/-s/-d, -o OPTIONS, mountpoint), with every
+    KernelCache stopped after the loop ends and before fuse_destroy frees
+    the node table (see KernelCache). Returns what fuse_main_real would."""
+    lib = fuse._libfuse
+    lib.fuse_new_31.restype = ctypes.c_void_p
+    lib.fuse_get_session.restype = ctypes.c_void_p
+    lib.fuse_get_session.argtypes = [ctypes.c_void_p]
+    lib.fuse_loop_cfg_create.restype = ctypes.c_void_p
+    for name in ("fuse_mount", "fuse_loop", "fuse_loop_mt_312", "fuse_unmount", "fuse_destroy"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p] + ([ctypes.c_char_p] if name == "fuse_mount" else
+                                                           [ctypes.c_void_p] if name == "fuse_loop_mt_312" else [])
+    for name in ("fuse_set_signal_handlers", "fuse_remove_signal_handlers", "fuse_loop_cfg_destroy"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+    for name in ("fuse_loop_cfg_set_clone_fd", "fuse_loop_cfg_set_idle_threads", "fuse_loop_cfg_set_max_threads"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_uint]
+
+    given = [argv[i] for i in range(argc)]
+    kept, options, loop = [given[0]], [], {}
+    foreground = single_thread = False
+    mountpoint = None
+    position = 1
+    while position < len(given):
+        arg = given[position]
+        if arg == b"-f":
+            foreground = True
+        elif arg == b"-s":
+            single_thread = True
+        elif arg == b"-d":
+            kept.append(arg)  # fuse_new takes it too
+        elif arg == b"-o" and position + 1 < len(given):
+            position += 1
+            options.extend(_split_options(given[position]))
+        elif arg.startswith(b"-o"):
+            options.extend(_split_options(arg[2:]))
+        else:
+            mountpoint = arg
+        position += 1
+    for option in options:
+        name, _, value = option.partition(b"=")
+        if name in _LOOP_OPTIONS:
+            loop[name] = int(value) if value else 1
+    options = [option for option in options if option.partition(b"=")[0] not in _LOOP_OPTIONS]
+    if options:
+        kept += [b"-o", b",".join(options)]
+    if mountpoint is None:
+        return 2
+    c_argv = (ctypes.c_char_p * (len(kept) + 1))(*kept, None)
+    args = _FuseArgs(len(kept), c_argv, 0)
+    handle = lib.fuse_new_31(ctypes.byref(args), operations, ctypes.c_size_t(operations_size), user_data)
+    if not handle:
+        lib.fuse_opt_free_args(ctypes.byref(args))
+        return 3
+    config = None
+    result = 0
+    try:
+        if lib.fuse_mount(handle, mountpoint) != 0:
+            return 4
+        try:
+            session = lib.fuse_get_session(handle)
+            if lib.fuse_daemonize(1 if foreground else 0) != 0:
+                return 5
+            if lib.fuse_set_signal_handlers(session) != 0:
+                return 6
+            if single_thread:
+                result = lib.fuse_loop(handle)
+            else:
+                config = lib.fuse_loop_cfg_create()
+                if not config:
+                    return 7
+                lib.fuse_loop_cfg_set_clone_fd(config, loop.get(b"clone_fd", 0))
+                if b"max_idle_threads" in loop:
+                    lib.fuse_loop_cfg_set_idle_threads(config, loop[b"max_idle_threads"])
+                if b"max_threads" in loop:
+                    lib.fuse_loop_cfg_set_max_threads(config, loop[b"max_threads"])
+                result = lib.fuse_loop_mt_312(handle, config)
+            # The loop has ended and its workers are joined: from here on
+            # libfuse tears down, and nothing may walk its node table.
+            for cache in list(_kernel_caches):
+                cache.stop(STOP_WAIT_SECONDS)
+            lib.fuse_remove_signal_handlers(session)
+            return 1 if result else 0
+        finally:
+            for cache in list(_kernel_caches):
+                cache.stop(0)
+            lib.fuse_unmount(handle)
+    finally:
+        lib.fuse_destroy(handle)
+        if config:
+            lib.fuse_loop_cfg_destroy(config)
+        lib.fuse_opt_free_args(ctypes.byref(args))
+
+
 def fill_stat(st: Any, attrs: dict[str, Any]) -> None:
     """mfusepy.set_st_attrs for the keys imapfs's stat dicts have, without its
     per-key lookups: a READDIRPLUS of 10,000 messages fills 10,000 of these."""
@@ -155,6 +309,13 @@ class KernelCache:
     number may be reused meanwhile). The first sign seen stops it for good.
     The session itself lives until after destroy(), and close() waits for
     a call in progress.
+
+    Checks alone leave a race: a thread preempted between a check and its
+    call (a busy machine, the GIL) walks the table after fuse_destroy freed
+    it. So on libfuse 3.12+ ImapFUSE runs the main loop itself and calls
+    stop() on every KernelCache between the loop's end and fuse_destroy;
+    each call holds the lock from its check to its end, so stop() waits
+    for it, and none starts after.
     """
 
     def __init__(self, fuse_handle: int) -> None:
@@ -167,6 +328,7 @@ class KernelCache:
         lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
         self._lib = lib
         self._fuse: ctypes.c_void_p | None = ctypes.c_void_p(fuse_handle)
+        self._stopping = False  # set (without the lock) by stop(): no new call starts
         self._session = ctypes.c_void_p(lib.fuse_get_session(self._fuse))
         self._lock = threading.Lock()
         # The /dev/fuse device: an fd number reused by a socket after
@@ -175,6 +337,7 @@ class KernelCache:
             self._device: int | None = os.fstat(lib.fuse_session_fd(self._session)).st_rdev
         except OSError:
             self._device = None  # not seen: skip that one check rather than fail the mount
+        _kernel_caches.add(self)
 
     @staticmethod
     def available() -> bool:
@@ -187,7 +350,7 @@ class KernelCache:
         on a request in that directory before it applies the notice."""
         with self._lock:
             for path in paths:
-                if self._fuse is None:
+                if self._fuse is None or self._stopping:
                     return
                 if self._shutting_down():
                     self._fuse = None
@@ -208,6 +371,16 @@ class KernelCache:
         poller = select.poll()
         poller.register(fd, 0)  # no events asked: only POLLERR/POLLHUP/POLLNVAL can come back
         return bool(poller.poll(0))
+
+    def stop(self, wait: float) -> None:
+        """No call into libfuse from now on; wait up to `wait` seconds for
+        one in progress (the main loop calls this before fuse_destroy)."""
+        self._stopping = True
+        if self._lock.acquire(timeout=wait):
+            self._fuse = None
+            self._lock.release()
+        elif wait:
+            log.warning("a kernel cache invalidation did not finish within %.0f s of the unmount", wait)
 
     def close(self) -> None:
         with self._lock:

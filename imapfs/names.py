@@ -3,8 +3,8 @@
 Pure functions. A message's file name is built only from things that never
 change for that message (INTERNALDATE, Subject, UID), so it is stable for the
 message's whole life, unique within its folder (the UID), and safe to type in
-a shell. Folder names arrive from imapclient already decoded from modified
-UTF-7; here they are only split and escaped.
+a shell. Folder names are decoded from modified UTF-7 here (reversibly, also when
+a server sends names that are not valid), split and escaped.
 """
 
 from __future__ import annotations
@@ -29,28 +29,142 @@ _DASHES_RE = re.compile(r"-{2,}")
 _UID_RE = re.compile(r"_(\d{1,10})\.eml\Z")
 _ENCODED_WORD_RE = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS_RE = re.compile(rb"(\?=)[ \t\r\n]+(=\?)")
-_ESCAPE_DECODE_RE = re.compile(r"%(25|2[fF]|2[eE])")
-_NEEDS_PERCENT_ESCAPE_RE = re.compile(r"%(?=25|2[fF]|2[eE])")
 
 
 # --- folders ---------------------------------------------------------------
+#
+# A folder's name is kept as a str that maps back to the exact bytes the
+# server sent in LIST. Valid modified UTF-7 (RFC 3501 5.1.3) is decoded; a
+# name that is not (bad base64, a lone surrogate, a non-canonical form such
+# as "&AC8-" for "/", which servers would read differently) keeps its bytes
+# as they are, each "&" held as RAW_AMPERSAND, so that it is neither decoded
+# into something else nor encoded again ("&-"). Names with bytes outside
+# printable ASCII cannot be sent back as a quoted string at all: None.
+
+RAW_AMPERSAND = "\udc26"  # a lone surrogate: never part of a decoded name
+_MUTF7_SHIFT_RE = re.compile(rb"&([A-Za-z0-9+,]*)-")
+# Shown as %XX in a directory name: what a name cannot hold ("/"), the escape
+# character itself where it would read as an escape, control characters (C0,
+# DEL, C1), and RAW_AMPERSAND as %26 (a decoded "&" shows as itself).
+_ESCAPED_CODES = frozenset([*range(0x20), 0x25, 0x26, 0x2E, 0x2F, *range(0x7F, 0xA0)])
+_NEEDS_ESCAPE_RE = re.compile("[\x00-\x1f\x7f-\x9f/%\udc26]")
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def decode_folder_name(wire: bytes) -> str | None:
+    """A folder name as LIST sent it -> imapfs's name for it, which
+    encode_folder_name turns back into exactly these bytes; None when no
+    command could name it again (bytes outside printable ASCII)."""
+    if not all(0x20 <= byte <= 0x7E for byte in wire):
+        return None
+    text = _decode_mutf7(wire)
+    if text is not None and encode_folder_name(text) == wire:
+        return text
+    return wire.decode("ascii").replace("&", RAW_AMPERSAND)
+
+
+def _decode_mutf7(wire: bytes) -> str | None:
+    out: list[str] = []
+    position = 0
+    while True:
+        start = wire.find(b"&", position)
+        if start < 0:
+            out.append(wire[position:].decode("ascii"))
+            return "".join(out)
+        out.append(wire[position:start].decode("ascii"))
+        match = _MUTF7_SHIFT_RE.match(wire, start)
+        if match is None:
+            return None  # an "&" that starts no shift sequence
+        encoded = match.group(1)
+        if not encoded:
+            out.append("&")
+        else:
+            try:
+                data = base64.b64decode(encoded.replace(b",", b"/") + b"=" * (-len(encoded) % 4), validate=True)
+                out.append(data.decode("utf-16-be"))  # strict: a lone surrogate or odd length fails
+            except (binascii.Error, ValueError):
+                return None
+        position = match.end()
+
+
+def encode_folder_name(name: str) -> bytes:
+    """imapfs's name for a folder -> the bytes to send (modified UTF-7)."""
+    out = bytearray()
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            encoded = base64.b64encode("".join(pending).encode("utf-16-be")).rstrip(b"=")
+            out.extend(b"&" + encoded.replace(b"/", b",") + b"-")
+            pending.clear()
+
+    for ch in name:
+        code = ord(ch)
+        if ch == RAW_AMPERSAND:
+            flush()
+            out.extend(b"&")
+        elif 0x20 <= code <= 0x7E:
+            flush()
+            out.extend(b"&-" if ch == "&" else bytes([code]))
+        else:
+            pending.append(ch)
+    flush()
+    return bytes(out)
+
+
+def folder_display(name: str) -> str:
+    """A folder's name as a person reads it (user.imap.folder): decoded, or
+    as the server sent it when it is not valid modified UTF-7."""
+    return name.replace(RAW_AMPERSAND, "&")
+
 
 def escape_component(name: str) -> str:
     """One IMAP hierarchy level -> a legal directory name, reversibly.
 
-    Only what a directory name cannot hold is escaped: '/', the names '.'
-    and '..', and a '%' that would otherwise read as one of these escapes.
-    Everything else (spaces, '&', dots, any script) is shown as it is.
+    Only what a directory name cannot or should not hold is escaped, as
+    %XX: '/', control characters, a raw '&' of a name that is not valid
+    modified UTF-7, a '%' that would otherwise read as one of these escapes,
+    and the names '.' and '..' (%2E, %2E%2E). An empty level (a//b) is
+    shown as '%', so the name '%' itself as '%25'. Everything else (spaces,
+    '&', dots, any script) is shown as it is.
     """
     if name in {".", ".."}:
         return name.replace(".", "%2E")
-    escaped = _NEEDS_PERCENT_ESCAPE_RE.sub("%25", name)
-    return escaped.replace("/", "%2F")
+    if not name:
+        return "%"
+    if name == "%":
+        return "%25"
+    if not _NEEDS_ESCAPE_RE.search(name):
+        return name
+    out = []
+    for i, ch in enumerate(name):
+        code = 0x26 if ch == RAW_AMPERSAND else ord(ch)
+        if ch == "%":
+            out.append("%25" if _reads_as_escape(name, i) else ch)
+        elif code in _ESCAPED_CODES and ch not in "&.":  # a decoded "&" and dots show as they are
+            out.append(f"%{code:02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _reads_as_escape(name: str, i: int) -> bool:
+    match = _ESCAPE_RE.match(name, i)
+    return match is not None and int(match.group(1), 16) in _ESCAPED_CODES
 
 
 def unescape_component(name: str) -> str:
     """Inverse of escape_component."""
-    return _ESCAPE_DECODE_RE.sub(lambda m: chr(int(m.group(1), 16)), name)
+    if name == "%":
+        return ""
+
+    def decode(match: re.Match[str]) -> str:
+        code = int(match.group(1), 16)
+        if code not in _ESCAPED_CODES:
+            return match.group(0)
+        return RAW_AMPERSAND if code == 0x26 else chr(code)
+
+    return _ESCAPE_RE.sub(decode, name)
 
 
 def folder_to_parts(folder_name: str, delimiter: str | None) -> tuple[str, ...]:
@@ -60,12 +174,23 @@ def folder_to_parts(folder_name: str, delimiter: str | None) -> tuple[str, ...]:
 
 
 def parts_to_folder(parts: tuple[str, ...] | list[str], delimiter: str | None) -> str:
-    """Directory path components -> IMAP folder name (inverse of folder_to_parts)."""
+    """Directory path components -> IMAP folder name (inverse of folder_to_parts).
+
+    ValueError for what no folder name can say: nesting on a server without
+    hierarchy, a level holding the hierarchy delimiter (a%2Fb where the
+    delimiter is '/'), or an empty level.
+    """
     levels = [unescape_component(p) for p in parts]
     if not delimiter:
         if len(levels) != 1:
-            raise ValueError("a server without hierarchy has no nested folders")
+            raise ValueError("the server has no folder hierarchy, so folders cannot nest")
         return levels[0]
+    for level in levels:
+        if delimiter in level:
+            raise ValueError(f"the level {level!r} holds the server's hierarchy delimiter {delimiter!r}, "
+                             "which would make it two levels")
+        if not level:
+            raise ValueError("an empty level")
     return delimiter.join(levels)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import imaplib
@@ -30,6 +31,7 @@ from imapclient import exceptions as imapexc
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr, seq_to_parenstr_upper
 
+from imapfs import names
 from imapfs.config import Account, Options
 from imapfs.credentials import Credentials
 from imapfs.errors import (
@@ -39,6 +41,7 @@ from imapfs.errors import (
     ConfigError,
     ConnectError,
     ConnectionLimit,
+    DroppedAfterLogin,
     ImapFSError,
     NotFound,
     NotSupported,
@@ -69,6 +72,16 @@ _CONNECTION_LIMIT = re.compile(
     r"\[LIMIT\]|too many (?:simultaneous |concurrent |open |parallel )?(?:connections|sessions|logins)"
     r"|maximum (?:number of )?(?:simultaneous |concurrent )?(?:connections|sessions)"
     r"|connection limit", re.IGNORECASE)
+
+
+# New connections in a row that die before answering one command: then the
+# server accepts logins but drops every command, and retrying only costs time.
+DROPS_BEFORE_FAILING_FAST = 3
+# A literal bigger than a command's limit (fetch_each(literal_limit=...)) is
+# read and dropped in pieces of this size, never held whole.
+DRAIN_CHUNK = 1 << 16
+# ... for at most this long; then the connection is given up instead.
+DRAIN_SECONDS = 60.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,9 +198,19 @@ class Session:
         self.selected_readonly = True
         self.status: FolderStatus | None = None
         self.last_used = time.monotonic()
+        self.opened_at = self.last_used
+        self.answered = 0  # commands that completed without a connection failure
         self.capabilities = frozenset(c.decode().upper() if isinstance(c, bytes) else c.upper()
                                       for c in client.capabilities())
         self.qresync = False  # set by connect() once ENABLE QRESYNC succeeded
+        # Literals are read through _bounded_read, so that one response cannot
+        # cost more memory than the command it answers may (see fetch_each).
+        self.literal_limit: int | None = None
+        self.literals_dropped = 0
+        imap = getattr(client, "_imap", None)
+        if imap is not None:
+            self._read_literal = imap.read
+            imap.read = self._bounded_read
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
@@ -207,27 +230,92 @@ class Session:
                 # earlier answer. Such a connection is never used again.
                 self.broken = True
             raise error from exc
+        else:
+            self.answered += 1
         finally:
             self.last_used = time.monotonic()
 
+    def _bounded_read(self, size: int) -> bytes:
+        """imaplib's read() of one literal. One larger than literal_limit
+        (500 MB answering a FETCH of two header fields) is read and dropped
+        in pieces, so the connection stays in step, and an empty
+        DroppedLiteral stands for it."""
+        limit = self.literal_limit
+        if limit is None or size <= limit:
+            return self._read_literal(size)
+        log.warning("%s:%d sent a %d-byte literal where at most %d bytes were expected; dropped it",
+                    self._account.host, self._account.port, size, limit)
+        started = time.monotonic()
+        left = size
+        while left:
+            piece = self._read_literal(min(left, DRAIN_CHUNK))
+            if not piece or time.monotonic() - started > DRAIN_SECONDS:
+                raise imaplib.IMAP4.abort(f"gave up reading an oversized literal ({size} bytes)")
+            left -= len(piece)
+        self.literals_dropped += 1
+        return DroppedLiteral(size)
+
+    @contextlib.contextmanager
+    def time_limit(self, deadline: float) -> Iterator[None]:
+        """No command waits for an answer past deadline (time.monotonic()),
+        give or take a second: the socket timeout is shortened meanwhile."""
+        sock = getattr(self._client._imap, "sock", None)
+        normal = sock.gettimeout() if sock is not None else None
+        left = max(1.0, deadline - time.monotonic())
+        shortened = normal is not None and left < normal
+        if shortened:
+            sock.settimeout(left)
+        try:
+            yield
+        finally:
+            if shortened and not self.broken:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(normal)
+
+    @contextlib.contextmanager
+    def _names_as_sent(self) -> Iterator[None]:
+        """imapclient decodes and encodes folder names itself, and cannot
+        take or give names that are not valid modified UTF-7 (a LIST with
+        one such name fails whole). Meanwhile it passes them as they are:
+        LIST names undecoded, and command arguments as _wire() made them."""
+        self._client.folder_encode = False
+        try:
+            yield
+        finally:
+            self._client.folder_encode = True
+
+    @staticmethod
+    def _wire(folder: str) -> str:
+        return names.encode_folder_name(folder).decode("ascii")
+
     # --- reading ---------------------------------------------------------
     def list_folders(self) -> list[Folder]:
-        with self._translating():
+        with self._translating(), self._names_as_sent():
             rows = self._client.list_folders()
         folders = []
-        for flags, delimiter, name in rows:
+        for flags, delimiter, wire in rows:
             if isinstance(delimiter, bytes):
                 delimiter = delimiter.decode("ascii", "replace")
-            if isinstance(name, bytes):  # not valid modified UTF-7: show the raw name
-                name = name.decode("utf-8", "replace")
+            name = names.decode_folder_name(wire if isinstance(wire, bytes) else str(wire).encode())
+            if name is None:
+                _skipped_folder(wire if isinstance(wire, bytes) else str(wire).encode())
+                continue
             flag_set = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
             folders.append(Folder(name=name, delimiter=delimiter or None, flags=flag_set))
         return folders
 
     def select(self, folder: str, readonly: bool = True) -> FolderStatus:
-        """EXAMINE (readonly) or SELECT a folder; always re-issued so EXISTS is current."""
-        with self._translating():
-            response = self._client.select_folder(folder, readonly=readonly)
+        """EXAMINE (readonly) or SELECT a folder; always re-issued so EXISTS is current.
+
+        The server deselects the current folder before it tries the new one,
+        so a SELECT that fails (the folder was deleted elsewhere) leaves none
+        selected (RFC 3501 6.3.1): the session must not go on believing in the
+        old one, or its next UID command fails ("illegal in state AUTH").
+        """
+        self.selected = None
+        self.status = None
+        with self._translating(), self._names_as_sent():
+            response = self._client.select_folder(self._wire(folder), readonly=readonly)
         self.selected = folder
         self.selected_readonly = readonly
         self.status = FolderStatus(
@@ -271,7 +359,8 @@ class Session:
         return flags, vanished
 
     def fetch(self, uid_set: str | list[int], items: list[str],
-              modifiers: list[str] | None = None) -> dict[int, dict[bytes, Any]]:
+              modifiers: list[str] | None = None, *, literal_limit: int | None = None
+              ) -> dict[int, dict[bytes, Any]]:
         """UID FETCH; the result is keyed by UID.
 
         imapclient's own fetch() only accepts lists of single UIDs (it drops
@@ -283,12 +372,12 @@ class Session:
         them to a UID would be a guess.
         """
         results: list[dict[int, dict[bytes, Any]]] = []
-        self.fetch_each([uid_set], items, results.append, modifiers=modifiers)
+        self.fetch_each([uid_set], items, results.append, modifiers=modifiers, literal_limit=literal_limit)
         return results[0]
 
     def fetch_each(self, uid_sets: Iterable[str | list[int]], items: list[str],
                    handle: Callable[[dict[int, dict[bytes, Any]]], None], *,
-                   modifiers: list[str] | None = None, ahead: int = 4) -> None:
+                   modifiers: list[str] | None = None, ahead: int = 4, literal_limit: int | None = None) -> None:
         """fetch() for each UID set in turn, handing each set's result to
         handle(), with up to `ahead` commands on the wire at once.
 
@@ -302,6 +391,11 @@ class Session:
         one at a time. If anything fails with commands still unanswered, the
         connection is marked broken: their answers would otherwise be read
         as the replies to later commands.
+
+        With literal_limit, a literal in the answers longer than that is
+        dropped (read, not kept; it reads as an empty DroppedLiteral and
+        literals_dropped counts it), so that no response costs more memory
+        than it should.
         """
         def command(uid_set: str | list[int]) -> tuple[str, list[int] | None]:
             if isinstance(uid_set, str):
@@ -318,6 +412,7 @@ class Session:
         remaining = iter(uid_sets)
         sent: collections.deque[tuple[str, list[int] | None]] = collections.deque()
         arrived: dict[int, dict[bytes, Any]] = {}  # answers by UID, for sets not yet complete
+        self.literal_limit = literal_limit
         try:
             while True:
                 with self._translating():
@@ -348,6 +443,8 @@ class Session:
             if sent:
                 self.broken = True
             raise
+        finally:
+            self.literal_limit = None
 
     def noop(self) -> None:
         with self._translating():
@@ -358,7 +455,8 @@ class Session:
             what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
             if self.has("CONDSTORE"):
                 what.append("HIGHESTMODSEQ")
-            return self._client.folder_status(folder, what)
+            with self._names_as_sent():
+                return self._client.folder_status(self._wire(folder), what)
 
     def search_uids(self, criteria: list[str]) -> list[int]:
         """UID SEARCH in the selected folder; criteria as imapclient takes them."""
@@ -381,7 +479,8 @@ class Session:
         is safe. A failure after that raises WriteUncertain.
         """
         imap = self._client._imap
-        mailbox = self._client._normalise_folder(folder)
+        with self._names_as_sent():
+            mailbox = self._client._normalise_folder(self._wire(folder))
         words = [mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii"),
                  seq_to_parenstr(list(flags)).encode("ascii")]
         if when is not None:
@@ -419,12 +518,12 @@ class Session:
         return _appenduid(data[0] if data else b"")
 
     def copy(self, uids: list[int], target: str) -> None:
-        with self._translating():
-            self._client.copy(uids, target)
+        with self._translating(), self._names_as_sent():
+            self._client.copy(uids, self._wire(target))
 
     def move(self, uids: list[int], target: str) -> None:
-        with self._translating():
-            self._client.move(uids, target)
+        with self._translating(), self._names_as_sent():
+            self._client.move(uids, self._wire(target))
 
     def set_flags(self, uids: list[int], flags: Iterable[str]) -> None:
         with self._translating():
@@ -439,20 +538,22 @@ class Session:
             self._client.uid_expunge(uids)
 
     def create_folder(self, folder: str) -> None:
-        with self._translating():
-            self._client.create_folder(folder)
+        with self._translating(), self._names_as_sent():
+            self._client.create_folder(self._wire(folder))
 
     def delete_folder(self, folder: str) -> None:
         with self._translating():
             if self.selected == folder:
                 self.unselect()
-            self._client.delete_folder(folder)
+            with self._names_as_sent():
+                self._client.delete_folder(self._wire(folder))
 
     def rename_folder(self, old: str, new: str) -> None:
         with self._translating():
             if self.selected == old:
                 self.unselect()
-            self._client.rename_folder(old, new)
+            with self._names_as_sent():
+                self._client.rename_folder(self._wire(old), self._wire(new))
 
     def unselect(self) -> None:
         with self._translating():
@@ -482,6 +583,35 @@ class Session:
             self._client.logout()
         with contextlib.suppress(Exception):
             self._client.shutdown()
+
+
+class DroppedLiteral(bytes):
+    """Stands, empty, for a literal too big to keep. Its len() is the size
+    the server announced, because both FETCH parsers (fetch_response's and
+    imapclient's) check a literal's length against that; everything else
+    sees no bytes (slicing, decoding, searching it gives b"")."""
+
+    def __new__(cls, announced: int) -> DroppedLiteral:
+        dropped = super().__new__(cls, b"")
+        dropped.announced = announced
+        return dropped
+
+    def __len__(self) -> int:
+        return self.announced
+
+
+_skipped_lock = threading.Lock()  # guards _skipped
+_skipped: set[bytes] = set()
+
+
+def _skipped_folder(wire: bytes) -> None:
+    """Say once per name (LIST runs every few seconds) that a folder is not shown."""
+    with _skipped_lock:
+        first = wire not in _skipped
+        _skipped.add(wire)
+    (log.warning if first else log.debug)(
+        "folder %r is not shown: its name holds bytes that are neither modified UTF-7 nor printable ASCII, "
+        "so no command could name it", wire)
 
 
 def _appenduid(response: Any) -> tuple[int, int] | None:
@@ -524,6 +654,7 @@ def _connect_once(account: Account, credentials: Credentials, secret: str, optio
     context = make_ssl_context(options.ca_file)  # ConfigError for a ca_file that cannot be used
     timeout = SocketTimeout(connect=min(options.timeout, 10.0), read=options.timeout)
     client = None
+    logged_in = False
     try:
         client = imapclient.IMAPClient(account.host, port=account.port, ssl=account.implicit_tls,
                                        ssl_context=context if account.implicit_tls else None,
@@ -553,6 +684,7 @@ def _connect_once(account: Account, credentials: Credentials, secret: str, optio
             _oauth2_login(client, account, secret)
         else:
             client.login(account.user, secret)
+        logged_in = True
         session = Session(client, account)
         if session.has("QRESYNC"):
             # Lets a resync ask for expunged UIDs (VANISHED) instead of listing every UID.
@@ -566,7 +698,10 @@ def _connect_once(account: Account, credentials: Credentials, secret: str, optio
         if isinstance(exc, imaplib.IMAP4.error) and _CONNECTION_LIMIT.search(_server_text(exc)):
             raise ConnectionLimit(f"no more connections allowed ({account.host}:{account.port}): "
                                   f"{_server_text(exc)}") from exc
-        raise translate(exc, account) from exc
+        error = translate(exc, account)
+        if logged_in and isinstance(error, ServerUnavailable):
+            error = DroppedAfterLogin(f"{error} (right after the login was accepted)")
+        raise error from exc
 
 
 def _oauth2_login(client: Any, account: Account, token: str) -> None:
@@ -629,6 +764,51 @@ def _close_quietly(client: Any) -> None:
             client.shutdown()
 
 
+class ServerHealth:
+    """What recent operations taught the pool about the server, so that an
+    operation does not spend its whole retry budget on what is known to fail.
+
+    Two patterns make later operations try once, without retries, until a
+    command is answered again: an operation used its whole budget failing
+    (the server is down: every operation would wait as long again), and
+    new connections keep dying before they answer a command (a server that
+    accepts logins but drops every command: retries only add pauses).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the fields below
+        self._gave_up = False
+        self._drops = 0
+
+    def fail_fast(self) -> bool:
+        with self._lock:
+            return self._gave_up or self._drops >= DROPS_BEFORE_FAILING_FAST
+
+    def answered(self) -> None:
+        with self._lock:
+            was_failing = self._gave_up or self._drops >= DROPS_BEFORE_FAILING_FAST
+            self._gave_up = False
+            self._drops = 0
+        if was_failing:
+            log.info("IMAP server answers again")
+
+    def dropped_after_login(self, exc: ImapFSError) -> bool:
+        """A new connection died before its first answer; True once that makes the pattern."""
+        with self._lock:
+            self._drops += 1
+            clear = self._drops == DROPS_BEFORE_FAILING_FAST
+            pattern = self._drops >= DROPS_BEFORE_FAILING_FAST
+        if clear:
+            log.warning("the IMAP server accepts logins but dropped %d new connections in a row before "
+                        "answering a command (%s); operations fail at once until it answers again",
+                        DROPS_BEFORE_FAILING_FAST, exc)
+        return pattern
+
+    def gave_up(self) -> None:
+        with self._lock:
+            self._gave_up = True
+
+
 class ConnectionPool:
     """At most ``options.connections`` sessions, lent one thread at a time.
 
@@ -662,6 +842,7 @@ class ConnectionPool:
         self._probe_at: float | None = None  # when to try one connection over _limit again
         self._closed = False
         self._down_since: float | None = None  # when connecting started failing
+        self._health = ServerHealth()
 
     @property
     def server_down(self) -> bool:
@@ -673,8 +854,9 @@ class ConnectionPool:
         with self._cond:
             return self._limit
 
-    def _acquire(self) -> Session:
-        deadline = time.monotonic() + max(self._options.timeout * 2, 5)
+    def _acquire(self, deadline: float | None = None) -> Session:
+        wait = max(self._options.timeout * 2, 5)
+        deadline = time.monotonic() + wait if deadline is None else min(deadline, time.monotonic() + wait)
         while True:
             with self._cond:
                 while True:
@@ -691,7 +873,7 @@ class ConnectionPool:
                         raise ServerUnavailable("all IMAP connections are busy; gave up waiting")
                     self._cond.wait(deadline - now)
             try:
-                session = self._connector(self.account, self._credentials, self._options)
+                session = self._connector(self.account, self._credentials, self._within(deadline))
             except ConnectionLimit as exc:
                 with self._cond:
                     self._connecting -= 1
@@ -738,47 +920,76 @@ class ConnectionPool:
         if not keep:
             session.logout()
 
+    def _within(self, deadline: float | None) -> Options:
+        """Options whose timeout ends no later than deadline (1 s at least)."""
+        if deadline is None or deadline - time.monotonic() >= self._options.timeout:
+            return self._options
+        return dataclasses.replace(self._options, timeout=max(1.0, deadline - time.monotonic()))
+
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        session = self._acquire()
+    def session(self, deadline: float | None = None) -> Iterator[Session]:
+        session = self._acquire(deadline)
         try:
             yield session
         finally:
             self._release(session)
 
-    def run(self, work: Callable[[Session], T], *, idempotent: bool = True) -> T:
+    def run(self, work: Callable[[Session], T], *, idempotent: bool = True, bounded: bool = True) -> T:
         """Run work(session), retrying on a fresh connection when that is safe.
 
         Idempotent work (LIST, SELECT, FETCH, STATUS) is retried with
-        backoff after a connection failure, for up to ``retry_for`` seconds,
-        so a dropped connection or a restarted server costs a pause, not an
-        error. Other work is retried only if the failure came before it was
-        sent: a pooled connection that sat idle is checked with NOOP first,
-        so a write is not lost into a connection that died silently, and
-        never sent twice. Once the server has been unreachable for longer
-        than ``retry_for``, each call makes a single attempt, so callers
-        fail fast (and may serve what is cached) instead of all waiting.
+        backoff after a connection failure, so a dropped connection or a
+        restarted server costs a pause, not an error. Other work is retried
+        only if the failure came before it was sent: a pooled connection
+        that sat idle is checked with NOOP first, so a write is not lost
+        into a connection that died silently, and never sent twice.
+
+        The whole call, waits for a connection, connecting, timeouts and
+        retries together, ends within ``retry_for`` seconds (give or take a
+        second): each wait is cut to what is left. Once a call has used all
+        of it, or new connections keep dying before their first answer
+        (ServerHealth), calls make a single attempt until the server answers
+        again, so callers fail fast (and may serve what is cached) instead
+        of all waiting. ``bounded=False`` exempts the work itself (not the
+        wait for a session) from that budget: an APPEND of 300 MB may take
+        longer than retry_for and must not be cut off for it.
         """
         started = time.monotonic()
+        deadline = started + self._options.retry_for
+        once = self._health.fail_fast()
         delay = 0.1
         attempt = 0
         while True:
             attempt += 1
             sent = False
+            session: Session | None = None
+            attempt_started = time.monotonic()
             try:
-                with self.session() as session:
-                    if not idempotent and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
-                        session.noop()
-                    sent = True
-                    return work(session)
+                with self.session(deadline) as session:
+                    with session.time_limit(deadline) if bounded else contextlib.nullcontext():
+                        if not idempotent and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
+                            session.noop()
+                        sent = True
+                        result = work(session)
+                self._health.answered()
+                return result
             except WriteUncertain:
                 raise  # done or not, nobody knows: repeating it could duplicate it
             except ServerUnavailable as exc:
-                now = time.monotonic()
-                down_for = now - self._down_since if self._down_since is not None else 0.0
-                if (sent and not idempotent) or now - started + delay > self._options.retry_for \
-                        or down_for > self._options.retry_for + (now - started):
+                new_and_silent = (session is not None and session.opened_at >= attempt_started
+                                  and session.answered == 0)
+                if isinstance(exc, DroppedAfterLogin) or new_and_silent:
+                    once = self._health.dropped_after_login(exc) or once
+                if (sent and not idempotent) or once or time.monotonic() + delay > deadline:
+                    if not (sent and not idempotent):
+                        self._health.gave_up()
                     raise
+                if session is not None and session.opened_at < attempt_started:
+                    # A pooled connection that died says little about the
+                    # server now (a kick, a restart, an idle timeout): the
+                    # next one, pooled or new, is tried at once.
+                    log.debug("pooled IMAP connection failed (%s); retry %d at once", exc, attempt)
+                    continue
                 log.info("IMAP connection failed (%s); retry %d in %.1f s", exc, attempt, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 3.0)

@@ -27,6 +27,7 @@ from imapfs.errors import (
     NotEmpty,
     NotFound,
     NotSupported,
+    ProtocolError,
     Refused,
     ServerUnavailable,
     StaleMessage,
@@ -40,6 +41,10 @@ from imapfs.spool import Literal
 log = logging.getLogger(__name__)
 
 HEADER_FIELDS = "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"
+# Two header fields are a few hundred bytes; a server sending more than this
+# for them has them dropped (the message lists as no-subject) rather than
+# held in memory: a listing must not cost what a hostile server decides.
+HEADER_LITERAL_LIMIT = 64 * 1024
 METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
 # Messages up to WHOLE_LIMIT are fetched whole on first read; larger ones in
 # aligned chunks, so `head` on a 50 MB message costs one small chunk, not
@@ -236,7 +241,8 @@ class MailStore:
                     listing.add(meta)
 
         step = self.options.fetch_batch
-        session.fetch_each((uids[start:start + step] for start in range(0, len(uids), step)), METADATA_ITEMS, add)
+        session.fetch_each((uids[start:start + step] for start in range(0, len(uids), step)), METADATA_ITEMS, add,
+                           literal_limit=HEADER_LITERAL_LIMIT)
 
     @staticmethod
     def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> None:
@@ -450,17 +456,39 @@ class MailStore:
         if status.uidvalidity != uidvalidity:
             raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
         item = "BODY.PEEK[]" if part is None else f"BODY.PEEK[]<{part[0]}.{part[1]}>"
-        wanted = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
+        # RFC 3501 answers a partial fetch as BODY[]<origin>; some servers
+        # add a length too (BODY[]<origin.length>). Both are this range.
+        exact = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
+        with_length = None if part is None else f"BODY[]<{part[0]}.".encode()
+
+        def matches(key: bytes) -> bool:
+            return key == exact or (with_length is not None and key.startswith(with_length)
+                                    and key.endswith(b">") and key[len(with_length):-1].isdigit())
+
         for attempt in range(2):
             if attempt:
                 status = session.select(folder)
                 if status.uidvalidity != uidvalidity:
                     raise StaleMessage(f"folder {folder!r} was recreated")
+            dropped = session.literals_dropped
             try:
-                data = session.fetch([uid], [item]).get(uid)
+                # A range is never longer than asked for: more is not held.
+                data = session.fetch([uid], [item], literal_limit=part[1] if part else None).get(uid)
             except NotFound:  # NO [EXPUNGEISSUED] and the like
                 continue
-            value = data.get(wanted) if data else None
+            if session.literals_dropped != dropped:
+                raise ProtocolError(f"the server answered {item} of UID {uid} in {folder!r} with more bytes "
+                                    "than asked for")
+            key = next((key for key in data if matches(key)), None) if data else None
+            if data and key is None:
+                answered = sorted(key for key in data if key.startswith((b"BODY", b"RFC822")))
+                if answered:
+                    # A body, but not under a name imapfs asked for: the
+                    # server speaks differently, the message is not gone.
+                    raise ProtocolError(f"the server answered {item} of UID {uid} in {folder!r} with "
+                                        f"{b', '.join(answered).decode('ascii', 'replace')}, which imapfs "
+                                        "cannot match")
+            value = data[key] if key is not None else None
             if value is None or (value == b"" and (part is None or part[0] == 0)):
                 continue
             return value
@@ -507,7 +535,7 @@ class MailStore:
         first_uid = known.uidnext if known is not None else None
         try:
             try:
-                appended = self.pool.run(lambda s: s.append(folder, literal, flags, when))
+                appended = self.pool.run(lambda s: s.append(folder, literal, flags, when), bounded=False)
             except WriteUncertain as exc:
                 appended = self._confirm_append(folder, literal, first_uid, exc)
         finally:

@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from cachetools import TTLCache
 
 from imapfs import filing, names, rfc5322
-from imapfs.errors import AlreadyExists, NotEmpty, NotFound, NotSupported
+from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotSupported
 from imapfs.model import Folder
 from imapfs.spool import Spool
 from imapfs.store import MailStore
@@ -233,8 +233,7 @@ class FoldersView(View):
             raise AlreadyExists("/".join(new))
         if self._dir(new[:-1]) is None:
             raise NotFound("/".join(new))
-        target = names.parts_to_folder(list(new), node.folder.delimiter)
-        self.store.rename_folder(node.folder.name, target)
+        self.store.rename_folder(node.folder.name, folder_name(new, node.folder.delimiter))
 
     # --- folders ---------------------------------------------------------
     def mkdir(self, parts: Parts) -> None:
@@ -242,7 +241,7 @@ class FoldersView(View):
             raise AlreadyExists("/".join(parts))
         if self._dir(parts[:-1]) is None:
             raise NotFound("/".join(parts))
-        self.store.create_folder(names.parts_to_folder(list(parts), self._delimiter()))
+        self.store.create_folder(folder_name(parts, self._delimiter()))
 
     def _delimiter(self) -> str | None:
         for folder in self.store.folders():
@@ -264,6 +263,23 @@ class FoldersView(View):
     def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
         directory = tuple(names.folder_to_parts(folder.name, folder.delimiter))
         return [(*directory, name) for name in filenames]
+
+
+def folder_name(parts: Parts, delimiter: str | None) -> str:
+    """The IMAP folder a new directory path names, or InvalidName (EINVAL)
+    where none can: mkdir 'a%2Fb' on a server whose delimiter is '/' would
+    otherwise create a/b, two levels."""
+    path = "/".join(parts)
+    try:
+        name = names.parts_to_folder(list(parts), delimiter)
+    except ValueError as exc:
+        raise InvalidName(f"no IMAP folder can be called {path!r} on this server: {exc}") from None
+    shown = names.folder_to_parts(name, delimiter)
+    if list(shown) != list(parts):
+        # e.g. "50%25" names the folder "50%", which shows as "50%": the
+        # tool that made the directory would not find it under its name.
+        raise InvalidName(f"{path!r} would show as {'/'.join(shown)!r}; use that name")
+    return name
 
 
 def dir_mtime_ns(store: MailStore, node: DirNode) -> int | None:

@@ -41,7 +41,7 @@ from imapfs.model import Folder, MessageMeta
 from imapfs.spool import Spool
 from imapfs.store import MailStore
 from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
-from imapfs.views.folders import build_tree, dir_mtime_ns
+from imapfs.views.folders import build_tree, dir_mtime_ns, folder_name
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ class MaildirView(View):
                 raise AlreadyExists("/".join(new))
             if self._dir(new[:-1]) is None:
                 raise NotFound("/".join(new))
-            self.store.rename_folder(node.folder.name, names.parts_to_folder(list(new), node.folder.delimiter))
+            self.store.rename_folder(node.folder.name, folder_name(new, node.folder.delimiter))
             return
         target = self._role_dir(new)
         assert target.folder is not None
@@ -387,7 +387,7 @@ class MaildirView(View):
             # become an IMAP folder that every other mail client shows.
             raise NotSupported(f"{parts[-1]!r} is a tool's own directory, not a mail folder; "
                                "imapfs makes no folder of it")
-        name = names.parts_to_folder(list(parts), self._delimiter())
+        name = folder_name(parts, self._delimiter())
         self.store.create_folder(name)
         with self._lock:
             self._fresh[name] = (time.monotonic(), set())

@@ -32,7 +32,14 @@ import imapclient
 import pytest
 
 from tests.support.dovecot import Dovecot
-from tests.support.mounts import end_processes, is_mounted, pids_with_argument, unexpected_tracebacks
+from tests.support.mounts import (
+    continue_stopped,
+    end_processes,
+    is_mounted,
+    pids_with_argument,
+    run_bounded,
+    unexpected_tracebacks,
+)
 
 MOUNT_TIMEOUT = 20.0
 EXPECT_FAIL_TIMEOUT = 30.0
@@ -46,7 +53,13 @@ _DEFAULT = object()  # "argument not given", where None has a meaning of its own
 
 
 def _fusermount(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FUSERMOUNT, *args], capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False)
+    try:
+        done = run_bounded([FUSERMOUNT, *args], EXIT_TIMEOUT, text=True)
+    except subprocess.TimeoutExpired:
+        done = None
+    if done is None:
+        return subprocess.CompletedProcess([FUSERMOUNT, *args], -1, "", f"{FUSERMOUNT} did not finish")
+    return done
 
 
 # ---------------------------------------------------------------------- results
@@ -88,12 +101,14 @@ class Mount:
             pytest.fail(f"imapfs did not exit within {EXIT_TIMEOUT:.0f} s of unmount\n{self._log_section()}")
 
     def _teardown(self) -> None:
-        """Always: lazy unmount, then end imapfs (its own exit, SIGTERM, SIGKILL)."""
-        _fusermount("-u", "-z", str(self.path))
+        """Always: continue imapfs if a test stopped it (SIGSTOP) and left it
+        so, lazy unmount, then end imapfs (its own exit, SIGTERM, SIGKILL)."""
         pids = pids_with_argument(str(self.path))
         if self.proc.poll() is None:
             pids.append(self.proc.pid)
-        end_processes(sorted(set(pids)), 5.0)
+        continue_stopped(pids)
+        _fusermount("-u", "-z", str(self.path))
+        end_processes(sorted(set(pids + pids_with_argument(str(self.path)))), 5.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=1.0)
 

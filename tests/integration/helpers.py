@@ -9,10 +9,19 @@ from pathlib import Path
 
 import imapclient
 
+from tests.support.mounts import run_bounded
+
 
 def sh(*command: str | Path, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    """Run a real command-line tool; its stderr is kept for assertions."""
-    done = subprocess.run([str(c) for c in command], capture_output=True, timeout=timeout, **kw)
+    """Run a real command-line tool; its stderr is kept for assertions.
+
+    A command still running after ``timeout`` raises TimeoutExpired; one
+    that cannot even be killed (D state on a hung mount) fails the test
+    instead of hanging it (subprocess.run would wait for it forever).
+    """
+    done = run_bounded([str(c) for c in command], timeout, **kw)
+    if done is None:
+        raise AssertionError(f"{command} hung unkillably (D state: a FUSE request nobody answers)")
     if check and done.returncode != 0:
         raise AssertionError(f"{command} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
     return done

@@ -24,16 +24,29 @@ from imapfs.fusebind import ImapFUSE, KernelCache  # noqa: E402
 NAMES = [f"file{i:04}" for i in range(500)]
 
 
+class DelayedKernelCache(KernelCache):
+    """KernelCache as a busy machine runs it: the thread may be preempted
+    between finding libfuse alive and calling into it (HAMMER_DELAY_MS)."""
+
+    delay = float(os.environ.get("HAMMER_DELAY_MS", "0")) / 1000
+
+    def _shutting_down(self) -> bool:
+        gone = super()._shutting_down()
+        if not gone and self.delay:
+            time.sleep(self.delay)
+        return gone
+
+
 class HammerFS:
     use_ns = True
 
     def __init__(self) -> None:
-        self.cache: KernelCache | None = None
+        self.cache: DelayedKernelCache | None = None
         self.now = time.time_ns()
 
     def init(self, path: str) -> None:
         context = mfusepy._libfuse.fuse_get_context()
-        self.cache = KernelCache(context.contents.fuse)
+        self.cache = DelayedKernelCache(context.contents.fuse)
         threading.Thread(target=self.hammer, daemon=True).start()
         print("ready", flush=True)
 

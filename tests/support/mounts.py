@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,8 +87,53 @@ def pids_with_argument(argument: str) -> list[int]:
     return pids
 
 
+def process_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, D, T, Z, ...), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def continue_stopped(pids: list[int]) -> None:
+    """SIGCONT every stopped (state T or t) process of pids.
+
+    A stopped FUSE daemon answers nothing: every process waiting on its
+    mount sits in D state, SIGTERM stays pending, and even a lazy unmount
+    leaves those waiters stuck. Continued, it can answer and exit.
+    """
+    for pid in pids:
+        if process_state(pid) in ("T", "t"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def run_bounded(command: list[str], timeout: float, **kw) -> subprocess.CompletedProcess[bytes] | None:
+    """subprocess.run, except that it never blocks past ``timeout`` + 5 s.
+
+    subprocess.run kills a command that timed out and then waits for it
+    without a limit; a command in D state on a hung FUSE mount does not die
+    until the mount answers, so that wait can last forever. Here the command
+    is killed and waited for 5 s more, then left behind (None is returned).
+    """
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(command, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+        raise subprocess.TimeoutExpired(command, timeout, out, err) from None
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def end_processes(pids: list[int], timeout: float) -> None:
-    """Give processes ``timeout`` to exit on their own, then SIGTERM, then SIGKILL."""
+    """Give processes ``timeout`` to exit on their own, then SIGTERM, then SIGKILL
+    (stopped ones are continued first, so that they can)."""
 
     def wait(pids: list[int], seconds: float) -> list[int]:
         deadline = time.monotonic() + seconds
@@ -97,8 +143,10 @@ def end_processes(pids: list[int], timeout: float) -> None:
                 return pids
             time.sleep(0.05)
 
+    continue_stopped(pids)
     pids = wait(pids, timeout)
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        continue_stopped(pids)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)

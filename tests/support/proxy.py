@@ -165,6 +165,137 @@ class DelayProxy:
             pass
 
 
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\+?\}\r\n\Z")
+
+
+class ProxyConnection:
+    """One client's connection through an ImapProxy: its two sockets and
+    whatever a rewriting hook wants to remember about it (``state``)."""
+
+    def __init__(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.state: dict[str, object] = {}
+
+    def close(self) -> None:
+        for sock in (self.client, self.upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+class ImapProxy:
+    """A TLS man in the middle in front of the test Dovecot that reads IMAP
+    as lines and literals, so tests can make the server say what Dovecot
+    never would. Like SizeLyingProxy it ends the client's TLS with the test
+    server's certificate. Hooks, meant to be overridden:
+
+    - ``from_server(conn, line, literal)``: the bytes to send the client for
+      one server line (ending in CRLF) and the literal it announces (or
+      None); an iterable, so that a huge answer can be made up in pieces.
+    - ``from_client(conn, line)``: the line to send the server for one
+      client line, or None to drop the connection instead. Literals the
+      client sends pass unchanged.
+    """
+
+    def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path) -> None:
+        self.upstream_port = upstream_port
+        self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._server_context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
+        self._client_context = ssl.create_default_context(cafile=str(ca_file))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._lock = threading.Lock()  # guards connections
+        self.connections: list[ProxyConnection] = []
+        threading.Thread(target=self._accept_loop, name="imap-proxy", daemon=True).start()
+
+    def url(self, user: str) -> str:
+        return f"imaps://{user}@127.0.0.1:{self.port}"
+
+    def from_server(self, conn: ProxyConnection, line: bytes, literal: bytes | None):
+        yield line
+        if literal is not None:
+            yield literal
+
+    def from_client(self, conn: ProxyConnection, line: bytes) -> bytes | None:
+        return line
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        with self._lock:
+            connections, self.connections = self.connections, []
+        for conn in connections:
+            conn.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            client = self._server_context.wrap_socket(raw, server_side=True)
+            upstream = self._client_context.wrap_socket(
+                socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1")
+        except OSError:
+            raw.close()
+            return
+        conn = ProxyConnection(client, upstream)
+        with self._lock:
+            self.connections.append(conn)
+        threading.Thread(target=self._from_client_loop, args=(conn,), daemon=True).start()
+        try:
+            reader = upstream.makefile("rb")
+            while True:
+                line = reader.readline()
+                if not line:
+                    break
+                literal = None
+                match = _LITERAL_AT_END.search(line)
+                if match:
+                    literal = reader.read(int(match.group(1)))
+                for piece in self.from_server(conn, line, literal):
+                    client.sendall(piece)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def _from_client_loop(self, conn: ProxyConnection) -> None:
+        try:
+            reader = conn.client.makefile("rb")
+            while True:
+                line = reader.readline()
+                if not line:
+                    break
+                rewritten = self.from_client(conn, line)
+                if rewritten is None:
+                    break
+                conn.upstream.sendall(rewritten)
+                match = _LITERAL_AT_END.search(line)
+                left = int(match.group(1)) if match else 0
+                while left:
+                    piece = reader.read(min(left, 65536))
+                    if not piece:
+                        return
+                    conn.upstream.sendall(piece)
+                    left -= len(piece)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+
 class AppendRelay:
     """A TLS relay to the test Dovecot that misbehaves around APPEND, as a slow
     or broken network or server does. Like SizeLyingProxy it ends the

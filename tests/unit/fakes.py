@@ -7,8 +7,10 @@ never fetches a body.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,10 @@ class FakeServer:
         self.append_chunks: list[int] = []  # chunks each APPEND literal came in
         # UIDs another session expunged that this one may still fetch: Dovecot answers BODY[] NIL.
         self.ghosts: set[int] = set()
+        # How a partial fetch's answer is named: "origin" (BODY[]<0>, RFC 3501),
+        # "origin.length" (BODY[]<0.131072>, as some servers do), or any other
+        # text, put between the brackets of BODY[...] (a server imapfs cannot follow).
+        self.partial_answer = "origin"
         self._next_uidvalidity = 1000
         self.create("INBOX")
 
@@ -124,8 +130,11 @@ class FakeSession:
         self.selected_readonly = True
         self.status: FolderStatus | None = None
         self.last_used = time.monotonic()
+        self.opened_at = self.last_used
+        self.answered = 0
         self.capabilities = server.capabilities
         self.qresync = "QRESYNC" in server.capabilities
+        self.literals_dropped = 0
 
     def _log(self, *command: Any) -> None:
         self.last_used = time.monotonic()
@@ -133,9 +142,14 @@ class FakeSession:
         if self.server.fail_next:
             self.broken = True
             raise self.server.fail_next.pop(0)
+        self.answered += 1
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
+
+    @contextlib.contextmanager
+    def time_limit(self, deadline: float) -> Iterator[None]:
+        yield
 
     def _box(self, name: str | None = None) -> FakeMailbox:
         name = name if name is not None else self.selected
@@ -165,13 +179,13 @@ class FakeSession:
         return sorted(self._box().messages)
 
     def fetch_each(self, uid_sets: Any, items: list[str], handle: Any, *, modifiers: list[str] | None = None,
-                   ahead: int = 4) -> None:
+                   ahead: int = 4, literal_limit: int | None = None) -> None:
         # Pipelining changes when commands are sent, not what they return: one logged FETCH per set.
         for uid_set in uid_sets:
-            handle(self.fetch(uid_set, items, modifiers))
+            handle(self.fetch(uid_set, items, modifiers, literal_limit=literal_limit))
 
-    def fetch(self, uid_set: str | list[int], items: list[str], modifiers: list[str] | None = None
-              ) -> dict[int, dict[bytes, Any]]:
+    def fetch(self, uid_set: str | list[int], items: list[str], modifiers: list[str] | None = None, *,
+              literal_limit: int | None = None) -> dict[int, dict[bytes, Any]]:
         self._log("UID FETCH", uid_set if isinstance(uid_set, str) else list(uid_set), tuple(items),
                   tuple(modifiers or ()))
         box = self._box()
@@ -203,7 +217,9 @@ class FakeSession:
                     data[b"BODY[]"] = None if uid in self.server.ghosts else msg.raw
                 elif upper.startswith("BODY.PEEK[]<"):
                     start, length = (int(x) for x in upper[len("BODY.PEEK[]<"):-1].split("."))
-                    data[f"BODY[]<{start}>".encode()] = msg.raw[start:start + length]
+                    key = {"origin": f"BODY[]<{start}>", "origin.length": f"BODY[]<{start}.{length}>"}.get(
+                        self.server.partial_answer, f"BODY[{self.server.partial_answer}]")
+                    data[key.encode()] = msg.raw[start:start + length]
                 elif upper == "UID":
                     pass
                 else:

@@ -1,14 +1,77 @@
+import random
+
 import pytest
 
 from imapfs import names
 
 
 @pytest.mark.parametrize("component", ["INBOX", "a b", "& Co", "a.b.c", "Été", "日本語", "100%", "a/b", ".", "..",
-                                       "%2F", "x%25y", "%", "%2e%2E"])
+                                       "%2F", "x%25y", "%", "%2e%2E", "", "%%", "nul\x00x", "bell\x07", "del\x7f",
+                                       "c1\x85", "tab\there", "%00", "%26", "%7f", "%41",
+                                       "bad" + names.RAW_AMPERSAND + "Zz-"])
 def test_folder_component_escaping_is_reversible_and_legal(component):
     escaped = names.escape_component(component)
     assert "/" not in escaped and escaped not in {".", "..", ""}
     assert names.unescape_component(escaped) == component
+
+
+def test_control_characters_and_raw_ampersands_show_escaped():
+    assert names.escape_component("nul\x00x") == "nul%00x"
+    assert names.escape_component("ctl\x01\x1f\x7f\x85") == "ctl%01%1F%7F%85"
+    assert names.escape_component("bad" + names.RAW_AMPERSAND + "Zz-") == "bad%26Zz-"
+    assert names.escape_component("") == "%"
+    assert names.escape_component("%") == "%25"
+    assert names.escape_component("50% off") == "50% off"
+    assert names.escape_component("%41") == "%41"  # not an escape imapfs makes: shown as it is
+
+
+def test_random_components_round_trip_and_stay_legal():
+    rng = random.Random(11)
+    alphabet = ["a", "Z", "%", "2", "5", "F", "E", "e", "f", "0", "7", "8", ".", "/", "&", " ", "\x00", "\x01",
+                "\x7f", "\x85", "é", "日", names.RAW_AMPERSAND]
+    for _ in range(5000):
+        component = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        escaped = names.escape_component(component)
+        assert escaped and "/" not in escaped and escaped not in {".", ".."}
+        assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch == names.RAW_AMPERSAND for ch in escaped)
+        assert names.unescape_component(escaped) == component, (component, escaped)
+
+
+@pytest.mark.parametrize(("wire", "name"), [
+    (b"INBOX", "INBOX"), (b"Donn&AOk-es", "Données"), (b"a&-b", "a&b"), (b"&ZeVnLIqe-", "日本語"),
+    (b"nul&AAA-x", "nul\x00x"), (b"del&AH8-", "del\x7f"),
+    # not valid modified UTF-7: kept as sent, the "&" raw
+    (b"bad&Zz-name", "bad\udc26Zz-name"), (b"&Jjo", "\udc26Jjo"), (b"lone&2D0-", "lone\udc262D0-"),
+    # valid base64 but not how any name is encoded: a server would read it as something else
+    (b"x&AC8-y", "x\udc26AC8-y"), (b"&AGE-", "\udc26AGE-"), (b"&ZeU-&Zyw-", "\udc26ZeU-\udc26Zyw-"),
+])
+def test_folder_names_from_the_wire_round_trip_exactly(wire, name):
+    assert names.decode_folder_name(wire) == name
+    assert names.encode_folder_name(name) == wire
+
+
+def test_folder_names_no_command_could_send_back_are_none():
+    assert names.decode_folder_name("café".encode()) is None
+    assert names.decode_folder_name(b"a\r\nb") is None
+
+
+def test_random_wire_names_round_trip():
+    rng = random.Random(5)
+    alphabet = [b"a", b"&", b"-", b"A", b"G", b"E", b"C", b"8", b",", b"+", b"/", b"Z", b"z", b"2", b"D", b"0"]
+    for _ in range(5000):
+        wire = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        name = names.decode_folder_name(wire)
+        assert name is not None and names.encode_folder_name(name) == wire, wire
+
+
+def test_a_level_holding_the_delimiter_or_empty_is_no_folder_name():
+    with pytest.raises(ValueError, match="delimiter"):
+        names.parts_to_folder(["a%2Fb"], "/")
+    with pytest.raises(ValueError, match="empty"):
+        names.parts_to_folder(["x", "%"], "/")
+    with pytest.raises(ValueError):
+        names.parts_to_folder(["a", "b"], None)
+    assert names.parts_to_folder(["a%2Fb"], ".") == "a/b"
 
 
 def test_folder_parts_round_trip_with_dot_delimiter():

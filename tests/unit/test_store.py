@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from imapfs.config import Options
-from imapfs.errors import NotFound, ServerUnavailable, StaleMessage
+from imapfs.errors import NotFound, ProtocolError, ServerUnavailable, StaleMessage
 from imapfs.store import CHUNK_SIZE, WHOLE_LIMIT, MailStore
 from tests.unit.fakes import FakePool, FakeServer
 
@@ -153,6 +153,29 @@ def test_large_message_is_read_in_chunks_across_boundaries(server, store):
     tail = store.read("INBOX", listing.uidvalidity, meta, len(raw) - 5, 4096)
     assert tail == raw[-5:]
     assert store.read("INBOX", listing.uidvalidity, meta, len(raw) + 10, 4096) == b""
+
+
+def test_a_partial_fetch_answered_with_origin_and_length_reads_the_same(server, store):
+    # Some servers answer BODY.PEEK[]<0.131072> as BODY[]<0.131072> rather
+    # than RFC 3501's BODY[]<0>: the same range, not a missing message.
+    raw = msg("big", bytes(range(256)) * ((WHOLE_LIMIT + 3 * CHUNK_SIZE) // 256 + 7))
+    server.add("INBOX", raw)
+    server.partial_answer = "origin.length"
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    assert store.read("INBOX", listing.uidvalidity, meta, 0, 4096) == raw[:4096]
+    assert store.read("INBOX", listing.uidvalidity, meta, len(raw) - 5, 4096) == raw[-5:]
+
+
+def test_a_body_answered_under_a_name_imapfs_did_not_ask_for_is_an_error_not_gone(server, store):
+    raw = msg("big", b"x" * (WHOLE_LIMIT + CHUNK_SIZE))
+    server.add("INBOX", raw)
+    server.partial_answer = "TEXT"  # BODY[TEXT] for BODY.PEEK[]<0.131072>
+    listing = store.listing("INBOX")
+    with pytest.raises(ProtocolError) as raised:
+        store.read("INBOX", listing.uidvalidity, listing.messages[1], 0, 4096)
+    assert not isinstance(raised.value, NotFound)
+    assert "BODY[TEXT]" in str(raised.value)
 
 
 def test_expunged_message_read_is_not_found(server, store):
