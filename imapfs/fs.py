@@ -504,6 +504,17 @@ class ImapFS(fuse.Operations):
             return 0
         if writing:
             self._check_writable()
+            if isinstance(target, Alias) and fi.flags & os.O_TRUNC:
+                # A name written before, written again (cp twice, rsync's
+                # second run): a new file, filed once more, which the store
+                # does not append again when the folder holds it already.
+                view, parts = self.root.route(self._split(path))
+                caller = callers_context()
+                new = view.create(parts, caller[2] if caller else 0)
+                new.creator_process = callers.process(caller[2]) if caller else None
+                fi.fh = self._new_handle(WriteHandle(new))
+                fi.direct_io = 1
+                return 0
             raise refuse(errno.EACCES)  # messages are immutable in IMAP
         ref = target if isinstance(target, MessageRef) else self._message(path)
         shown_size = ref.meta.size

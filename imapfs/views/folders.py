@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-from cachetools import TTLCache
+from cachetools import LRUCache
 
 from imapfs import filing, names, rfc5322
 from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotSupported
@@ -27,8 +27,8 @@ from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, 
 
 log = logging.getLogger(__name__)
 
-# How long the name a file was written under keeps resolving after its APPEND.
-ALIAS_SECONDS = 300
+# Names files were written under, kept for the mount's life (at most this many).
+MAX_ALIASES = 100_000
 
 
 class FoldersView(View):
@@ -39,7 +39,10 @@ class FoldersView(View):
         self._spool_dir = spool_dir
         self._lock = threading.Lock()  # guards _new_files, _aliases, _tree_source, _tree, _entries_cache
         self._new_files: dict[tuple[str, str], NewFile] = {}
-        self._aliases: TTLCache[tuple[str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
+        # The name a file was written under resolves, with the size it reads
+        # with and the time a tool set on it, for as long as the mount lives:
+        # rsync -rt compares both on its next run.
+        self._aliases: LRUCache[tuple[str, str], Alias] = LRUCache(maxsize=MAX_ALIASES)
         self._tree_source: list[Folder] | None = None
         self._tree = DirNode(folder=None)
         # (parts, node, listing, size epoch, new files) of the last directory listed, and its entries.
@@ -164,6 +167,11 @@ class FoldersView(View):
         with self._lock:
             # The size the server stores (line endings CRLF), which the message will read with.
             self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, literal.size, mtime_ns)
+
+    def set_times(self, node: Node, mtime_ns: int | None) -> None:
+        super().set_times(node, mtime_ns)
+        if isinstance(node, Alias) and mtime_ns is not None:
+            node.mtime_ns = mtime_ns
 
     def forget(self, new: NewFile) -> None:
         with self._lock:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 from imapfs import filing, names
 from imapfs.errors import AlreadyExists, NotEmpty, NotFound, NotSupported
@@ -52,8 +52,6 @@ _NAME_RE = re.compile(r"(\d+)\.V(\d+)U(\d+)\.imapfs(?::2,([A-Za-z]*))?")
 _INFO_RE = re.compile(r":2,([A-Za-z]*)$")
 # How long a folder made here waits for its cur/, new/ and tmp/ to be made.
 FRESH_SECONDS = 60.0
-# How long a delivered name keeps resolving, for the tool that delivered it.
-ALIAS_SECONDS = 600
 
 
 def letters_of(flags: tuple[str, ...]) -> str:
@@ -85,7 +83,7 @@ class MaildirView(View):
         self._acknowledged: LRUCache[tuple[str, int, int], bool] = LRUCache(maxsize=200_000)
         self._tmp: dict[tuple[str, str], NewFile] = {}  # (folder, name) in tmp/: being written or kept
         self._writing: dict[tuple[str, str, str], NewFile] = {}  # (folder, role, name) written into cur/new
-        self._aliases: TTLCache[tuple[str, str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
+        self._aliases: LRUCache[tuple[str, str, str], Alias] = LRUCache(maxsize=100_000)  # delivered names
         self._fresh: dict[str, tuple[float, set[str]]] = {}  # folder made here -> (when, roles made so far)
         # A message delivered here lists under the unique part the tool gave it
         # (a Maildir tool expects its file to stay where it put it):
