@@ -58,13 +58,7 @@ class FoldersView(View):
             return self._tree
 
     def _dir(self, parts: Parts) -> DirNode | None:
-        node = self._root()
-        for part in parts:
-            child = node.children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
+        return walk(self._root(), parts)
 
     def _parent_folder(self, parts: Parts) -> tuple[Folder, str]:
         """The selectable folder a file path lives in, and the file name."""
@@ -101,14 +95,7 @@ class FoldersView(View):
         return MessageRef(folder, listing.uidvalidity, meta)
 
     def message(self, node: Node) -> MessageRef | None:
-        if isinstance(node, MessageRef):
-            return node
-        if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
-            listing = self.store.listing(node.folder.name)
-            meta = listing.messages.get(node.uid)
-            if meta is not None and listing.uidvalidity == node.uidvalidity:
-                return MessageRef(node.folder, listing.uidvalidity, meta)
-        return None
+        return message_behind(self.store, node)
 
     def dir_mtime_ns(self, node: DirNode) -> int | None:
         return dir_mtime_ns(self.store, node)
@@ -249,13 +236,7 @@ class FoldersView(View):
             raise AlreadyExists("/".join(parts))
         if self._dir(parts[:-1]) is None:
             raise NotFound("/".join(parts))
-        self.store.create_folder(folder_name(parts, self._delimiter()))
-
-    def _delimiter(self) -> str | None:
-        for folder in self.store.folders():
-            if folder.delimiter:
-                return folder.delimiter
-        return None
+        self.store.create_folder(folder_name(parts, delimiter_of(self.store)))
 
     def rmdir(self, parts: Parts, node: DirNode) -> None:
         if node.children:
@@ -271,6 +252,36 @@ class FoldersView(View):
     def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
         directory = tuple(names.folder_to_parts(folder.name, folder.delimiter))
         return [(*directory, name) for name in filenames]
+
+
+def walk(root: DirNode, parts: Parts) -> DirNode | None:
+    node = root
+    for part in parts:
+        child = node.children.get(part)
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+def message_behind(store: MailStore, node: Node) -> MessageRef | None:
+    """The stored message a node stands for: itself, or the one an Alias names (if still there)."""
+    if isinstance(node, MessageRef):
+        return node
+    if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
+        listing = store.listing(node.folder.name)
+        meta = listing.messages.get(node.uid)
+        if meta is not None and listing.uidvalidity == node.uidvalidity:
+            return MessageRef(node.folder, listing.uidvalidity, meta)
+    return None
+
+
+def delimiter_of(store: MailStore) -> str | None:
+    """The hierarchy delimiter new folders get: the first the server reports."""
+    for folder in store.folders():
+        if folder.delimiter:
+            return folder.delimiter
+    return None
 
 
 def folder_name(parts: Parts, delimiter: str | None) -> str:

@@ -41,7 +41,7 @@ from imapfs.model import Folder, MessageMeta
 from imapfs.spool import Spool
 from imapfs.store import MailStore
 from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
-from imapfs.views.folders import build_tree, dir_mtime_ns, folder_name
+from imapfs.views.folders import build_tree, delimiter_of, dir_mtime_ns, folder_name, message_behind, walk
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,7 @@ class MaildirView(View):
         return root
 
     def _dir(self, parts: Parts) -> DirNode | None:
-        node = self._root()
-        for part in parts:
-            child = node.children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
+        return walk(self._root(), parts)
 
     def _role_dir(self, parts: Parts) -> DirNode:
         """The cur/, new/ or tmp/ directory a file path lives in."""
@@ -191,14 +185,7 @@ class MaildirView(View):
         return MessageRef(parent.folder, listing.uidvalidity, meta)
 
     def message(self, node: Node) -> MessageRef | None:
-        if isinstance(node, MessageRef):
-            return node
-        if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
-            listing = self.store.listing(node.folder.name)
-            meta = listing.messages.get(node.uid)
-            if meta is not None and listing.uidvalidity == node.uidvalidity:
-                return MessageRef(node.folder, listing.uidvalidity, meta)
-        return None
+        return message_behind(self.store, node)
 
     def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
         if not node.role or node.folder is None:
@@ -385,16 +372,10 @@ class MaildirView(View):
             # become an IMAP folder that every other mail client shows.
             raise NotSupported(f"{parts[-1]!r} is a tool's own directory, not a mail folder; "
                                "imapfs makes no folder of it")
-        name = folder_name(parts, self._delimiter())
+        name = folder_name(parts, delimiter_of(self.store))
         self.store.create_folder(name)
         with self._lock:
             self._fresh[name] = (time.monotonic(), set())
-
-    def _delimiter(self) -> str | None:
-        for folder in self.store.folders():
-            if folder.delimiter:
-                return folder.delimiter
-        return None
 
     def rmdir(self, parts: Parts, node: DirNode) -> None:
         if node.role:
