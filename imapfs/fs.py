@@ -729,7 +729,8 @@ class ImapFS(fuse.Operations):
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
         # A message reaches the server whole or not at all: there is nothing
         # partial to make durable. The APPEND comes with the writer's close.
-        self._handle(fi)
+        if fi is not None and fi.fh:
+            self._handle(fi)
         return 0
 
     def _commit(self, new: NewFile, lock_owner: int | None, pid: int) -> None:

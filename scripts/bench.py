@@ -349,6 +349,14 @@ def vm_rss_mb(pid: int) -> float:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory of a process so far, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM for process {pid}")
+
+
 def libfuse_mapped(pid: int) -> str:
     """The libfuse a process has loaded, e.g. libfuse3.so.3.14.0: proof of what it runs on, not what it asked for."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -1016,6 +1024,50 @@ class Bench:
                 row.subject_times.append(elapsed)
         return [row]
 
+    def filing(self) -> list[Row]:
+        """Rows 8 and 8m: cp of a big message into a folder against imapclient's APPEND of it; its memory."""
+        size_mb = self.scale.big_bytes / (1024 * 1024)
+        row = Row("8", f"`cp` of a {size_mb:g} MB message into a folder", "fresh mount, listed",
+                  "imapclient APPEND of the same bytes", 1.5, 3)
+        memory = Row("8m", "imapfs peak RSS growth during that `cp`", "VmHWM - VmRSS before", "-", 64, 128,
+                     unit="MB")
+        source = self.workdir / "filing-source.eml"
+        source.write_bytes(big_message(self.scale.big_bytes).replace(b"big message", b"filed message", 1))
+        expected = source.read_bytes()
+
+        def fresh_folder(run: int, kind: str) -> str:
+            name = f"bench-filing-{kind}-{run}-{os.getpid()}"
+            with floor_client(self.server) as client:
+                if client.folder_exists(name):
+                    client.delete_folder(name)
+                client.create_folder(name)
+            return name
+
+        def stored(name: str) -> int:
+            with floor_client(self.server) as client:
+                client.select_folder(name, readonly=True)
+                sizes = [d[b"RFC822.SIZE"] for d in client.fetch("1:*", ["RFC822.SIZE"]).values()]
+                client.delete_folder(name)
+            return sizes[0] if len(sizes) == 1 else -len(sizes)
+
+        for run in range(self.repeat):
+            name = fresh_folder(run, "raw")
+            with floor_client(self.server) as client:
+                started = time.perf_counter()
+                client.append(name, expected)
+                row.baseline_times.append(time.perf_counter() - started)
+            expect("one message of the source's size after the raw APPEND", stored(name), len(expected))
+        for run in range(self.repeat):
+            name = fresh_folder(run, "cp")
+            with self.mount("filing") as mount:
+                os.listdir(mount.mountpoint / name)
+                before = vm_rss_mb(mount.pid)
+                elapsed, _ = run_tool(["cp", source, mount.mountpoint / name / "filed.eml"])
+                memory.subject_times.append(vm_hwm_mb(mount.pid) - before)
+                row.subject_times.append(elapsed)
+            expect("one message of the source's size after cp", stored(name), len(expected))
+        return [row, memory]
+
     def log_notes(self) -> list[str]:
         """What imapfs logged above INFO: the first hint when a ratio is off."""
         notes: list[str] = []
@@ -1125,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
                 measured.imaps_port = proxy.port
             bench = Bench(measured, scale, args.repeat, workdir, args.mount_options)
             rows: list[Row] = []
-            for step in (bench.listing, bench.grep, bench.big):
+            for step in (bench.listing, bench.grep, bench.big, bench.filing):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
                 rows += step()
             notes = bench.notes + bench.log_notes()
