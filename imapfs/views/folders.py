@@ -291,7 +291,7 @@ def refuse_tool_name(parts: Parts, directory: bool) -> None:
     would file .DS_Store as a message."""
     reason = names.tool_file_reason(parts[-1], directory) if parts else None
     if reason:
-        raise NotMail(f"{'/'.join(parts)}: {reason}; nothing was stored on the server")
+        raise NotMail(f"{reason}; nothing was stored on the server")
 
 
 def build_tree(folders: list[Folder]) -> DirNode:
