@@ -248,6 +248,7 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     from imapfs.views.folders import FoldersView
     from imapfs.views.maildir import MaildirView
     from imapfs.views.root import CompositeRoot
+    from imapfs.views.trash import TrashView, trash_dir_name
     from imapfs.watcher import Watcher
 
     def report_ready() -> None:
@@ -273,7 +274,9 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     # which only libfuse 3 can do (fuse_invalidate_path).
     kernel_opens = options.ro and options.fast_open and fuse_major_version() >= 3
     layout = MaildirView if options.maildir else FoldersView
-    root = CompositeRoot(layout(store, spool_dir=options.spool_directory))
+    trash_name = trash_dir_name(os.getuid())  # the mount owner's: only the owner may change the mount
+    root = CompositeRoot(layout(store, spool_dir=options.spool_directory),
+                         {trash_name: TrashView(store, trash_name)})
     operations = ImapFS(store, root, read_only=options.ro, kernel_opens=kernel_opens, on_init=start,
                         on_destroy=lambda: watcher.stop())
     watcher = Watcher(account, credentials, options, pool, listings=store.cached_listings,

@@ -25,6 +25,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── Busy                     another program is writing that file
     ├── Refused                  imapfs will not do this, to keep mail safe
     └── NotSupported             the operation has no meaning for mail
+        └── NotMail              a tool's own dot-file or dot-directory (.DS_Store, .notmuch): never stored
 """
 
 from __future__ import annotations
@@ -114,3 +115,9 @@ class Refused(ImapFSError):
 
 class NotSupported(ImapFSError):
     """The operation has no meaning for mail."""
+
+
+class NotMail(NotSupported):
+    """A name tools use for their own state (.DS_Store, .notmuch, .Trash-1001):
+    filed, it would become a junk message or folder on the server, seen by
+    every mail client of the account."""

@@ -361,7 +361,7 @@ class ImapFS(fuse.Operations):
         return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
 
     def _dir_stat(self, view: View, node: DirNode) -> dict[str, Any]:
-        mode = 0o555 if self.read_only else 0o755
+        mode = (0o555 if self.read_only else 0o755) & view.dir_permissions(node)
         when = view.dir_mtime_ns(node) or self._mounted_at_ns
         return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2 + len(node.children), "st_uid": self._uid,
                 "st_gid": self._gid, "st_size": 0, "st_mtime": when, "st_ctime": when,
@@ -806,8 +806,7 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         self._check_writable()
-        view, old_parts, new_parts = self.root.route_pair(self._split(old), self._split(new))
-        view.rename(old_parts, view.resolve(old_parts), new_parts)
+        self.root.rename(self._split(old), self._split(new))
         return 0
 
     # --- folders ---------------------------------------------------------

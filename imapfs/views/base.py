@@ -107,6 +107,12 @@ class View:
         """When the directory's entries last changed, or None for "mount time"."""
         return None
 
+    def dir_permissions(self, node: DirNode) -> int:
+        """Permission bits the directory may show at most (the mount narrows
+        them further, e.g. read-only). The freedesktop trash directory must
+        be 0700, or GIO and KIO take it for someone else's."""
+        return 0o777
+
     # --- changes; refused unless the layout gives them a meaning ------------
     def create(self, parts: Parts, creator: int) -> NewFile:
         raise NotSupported("files cannot be created here")
@@ -123,6 +129,17 @@ class View:
 
     def rename(self, old: Parts, node: Node, new: Parts) -> None:
         raise NotSupported("nothing can be renamed here")
+
+    # --- renames between views (the composite root calls these) -----------
+    def receive(self, source: View, node: Node, new: Parts) -> None:
+        """rename(2) of source's node to new in this view: what that means is
+        the target's to say (into the desktop trash: a MOVE to \\Trash; back
+        into a folder: a MOVE there). ``source.message(node)`` gives the
+        stored message, whatever view it came from."""
+        raise NotSupported("nothing can be moved here from that view")
+
+    def released(self, parts: Parts, node: Node) -> None:
+        """node was moved into another view: forget names that still point at it."""
 
     def mkdir(self, parts: Parts) -> None:
         raise NotSupported("no directory can be made here")

@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from cachetools import LRUCache
 
 from imapfs import filing, names, rfc5322
-from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotSupported
+from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotMail, NotSupported
 from imapfs.model import Folder
 from imapfs.spool import Spool
 from imapfs.store import MailStore
@@ -126,6 +126,7 @@ class FoldersView(View):
 
     # --- messages in -----------------------------------------------------
     def create(self, parts: Parts, creator: int) -> NewFile:
+        refuse_tool_name(parts, directory=False)
         folder, name = self._parent_folder(parts)
         new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir), owner=self,
                       creator=creator, handles=1)
@@ -202,6 +203,25 @@ class FoldersView(View):
         self.store.move(old_folder.name, ref.uidvalidity, ref.meta.uid, new_folder.name)
         self._forget_aliases_of(ref)
 
+    def receive(self, source: View, node: Node, new: Parts) -> None:
+        """A message renamed here from another view (restored from the
+        desktop trash): MOVE it into the target's folder. Its name there is
+        derived from it, as for any message, whatever name the tool chose."""
+        ref = source.message(node)
+        if ref is None:
+            raise NotSupported("only messages can be moved into a folder from there")
+        folder, _ = self._parent_folder(new)
+        self.store.move(ref.folder.name, ref.uidvalidity, ref.meta.uid, folder.name)
+
+    def released(self, parts: Parts, node: Node) -> None:
+        ref = self.message(node)
+        if ref is not None:
+            self._forget_aliases_of(ref)
+        elif isinstance(node, Alias):
+            with self._lock:
+                if self._aliases.get((node.folder.name, parts[-1])) is node:
+                    self._aliases.pop((node.folder.name, parts[-1]), None)
+
     def _rename_written(self, source: NewFile | Alias, old_name: str, new_name: str) -> None:
         """rsync and mail tools write a temp name, then rename it: follow the
         name, and apply flags the new Maildir-style name carries."""
@@ -226,6 +246,7 @@ class FoldersView(View):
             raise NotSupported("a level that is no IMAP folder has nothing to rename")
         if not new or self._dir(new) is not None:
             raise AlreadyExists("/".join(new))
+        refuse_tool_name(new, directory=True)
         if self._dir(new[:-1]) is None:
             raise NotFound("/".join(new))
         self.store.rename_folder(node.folder.name, folder_name(new, node.folder.delimiter))
@@ -234,6 +255,7 @@ class FoldersView(View):
     def mkdir(self, parts: Parts) -> None:
         if self._dir(parts) is not None:
             raise AlreadyExists("/".join(parts))
+        refuse_tool_name(parts, directory=True)
         if self._dir(parts[:-1]) is None:
             raise NotFound("/".join(parts))
         self.store.create_folder(folder_name(parts, delimiter_of(self.store)))
@@ -311,6 +333,16 @@ def dir_mtime_ns(store: MailStore, node: DirNode) -> int | None:
     if listing is not None and listing.stale:
         listing = store.listing(node.folder.name)
     return listing.changed_ns if listing is not None else None
+
+
+def refuse_tool_name(parts: Parts, directory: bool) -> None:
+    """Refuse (NotMail: EPERM, one log line at the FUSE edge) a name that is
+    a tool's own state (names.tool_file_reason), before anything reaches the
+    server: notmuch made the folders .notmuch and .notmuch/xapian, Finder
+    would file .DS_Store as a message."""
+    reason = names.tool_file_reason(parts[-1], directory) if parts else None
+    if reason:
+        raise NotMail(f"{reason}; nothing was stored on the server")
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

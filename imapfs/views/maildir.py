@@ -41,7 +41,15 @@ from imapfs.model import Folder, MessageMeta
 from imapfs.spool import Spool
 from imapfs.store import MailStore
 from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
-from imapfs.views.folders import build_tree, delimiter_of, dir_mtime_ns, folder_name, message_behind, walk
+from imapfs.views.folders import (
+    build_tree,
+    delimiter_of,
+    dir_mtime_ns,
+    folder_name,
+    message_behind,
+    refuse_tool_name,
+    walk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +229,7 @@ class MaildirView(View):
             raise NotSupported("in a Maildir, files go in tmp/, new/ or cur/")
         parent = self._role_dir(parts)
         assert parent.folder is not None
+        refuse_tool_name(parts, directory=False)
         folder, name = parent.folder, parts[-1]
         new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir), owner=self,
                       creator=creator, role=parent.role, handles=1)
@@ -333,6 +342,18 @@ class MaildirView(View):
             with self._lock:
                 self._acknowledged[(ref.folder.name, ref.uidvalidity, ref.meta.uid)] = True
 
+    def receive(self, source: View, node: Node, new: Parts) -> None:
+        """A message renamed here from another view (restored from the desktop
+        trash): MOVE it into the folder whose cur/ or new/ it lands in."""
+        ref = source.message(node)
+        if ref is None:
+            raise NotSupported("only messages can be moved into a Maildir from there")
+        target = self._role_dir(new)
+        assert target.folder is not None
+        if target.role == "tmp":
+            raise NotSupported("a filed message cannot go to tmp/")
+        self.store.move(ref.folder.name, ref.uidvalidity, ref.meta.uid, target.folder.name)
+
     def _rename_new_file(self, new: NewFile, target: DirNode, name: str) -> None:
         assert target.folder is not None
         with new.lock:
@@ -367,11 +388,7 @@ class MaildirView(View):
             return
         if parent.role:
             raise NotSupported("folders cannot be made inside cur/, new/ or tmp/")
-        if parts[-1].startswith("."):
-            # .notmuch, .Trash, .directory: a tool's own store, which would
-            # become an IMAP folder that every other mail client shows.
-            raise NotSupported(f"{parts[-1]!r} is a tool's own directory, not a mail folder; "
-                               "imapfs makes no folder of it")
+        refuse_tool_name(parts, directory=True)  # .notmuch and the like: no IMAP folder of them
         name = folder_name(parts, delimiter_of(self.store))
         self.store.create_folder(name)
         with self._lock:
