@@ -94,6 +94,8 @@ class Dovecot:
         imap_port: int = 0,
         max_user_connections: int = 100,
         trash_mailbox: str = "Trash",
+        namespace_prefix: str = "",
+        separator: str = "/",
         oauth2_introspection_url: str | None = None,
         oauth2_mechanisms: tuple[str, ...] = ("oauthbearer", "xoauth2"),
     ) -> None:
@@ -116,6 +118,12 @@ class Dovecot:
         self.max_user_connections = max_user_connections
         #: The mailbox with the \\Trash special-use attribute (e.g. "P/Trash", as INBOX.Trash on Courier).
         self.trash_mailbox = trash_mailbox
+        #: The personal namespace: ``namespace_prefix="INBOX.", separator="."`` makes the
+        #: server keep every folder under INBOX. and refuse other names, as Courier and
+        #: Cyrus (Debian's defaults) do. Mailbox names in its config are relative to the
+        #: prefix: trash_mailbox "Trash" is then INBOX.Trash.
+        self.namespace_prefix = namespace_prefix
+        self.separator = separator
         #: When set, logins with OAUTHBEARER/XOAUTH2 are checked by Dovecot's oauth2 passdb,
         #: which POSTs the token to this URL (see tests/support/oauth2.py); the password
         #: passdb keeps serving PLAIN/LOGIN, so password logins work as before.
@@ -414,8 +422,8 @@ mail_fsync = never
 
 namespace inbox {{
   inbox = yes
-  separator = /
-  prefix =
+  separator = {self.separator}
+  prefix = {self.namespace_prefix}
   mailbox "{self.trash_mailbox}" {{
     special_use = \\Trash
     auto = subscribe
