@@ -24,6 +24,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── ReadOnly                 the mount (or the object) does not accept writes
     ├── Busy                     another program is writing that file
     ├── Refused                  imapfs will not do this, to keep mail safe
+    ├── NotPermitted             the server does not allow this name or change (its NO, or its NAMESPACE)
     └── NotSupported             the operation has no meaning for mail
         └── NotMail              a tool's own dot-file or dot-directory (.DS_Store, .notmuch): never stored
 """
@@ -111,6 +112,12 @@ class Busy(ImapFSError):
 
 class Refused(ImapFSError):
     """imapfs will not do this: it could lose or destroy mail."""
+
+
+class NotPermitted(ImapFSError):
+    """The server does not allow this change here: it refused a CREATE, or its
+    NAMESPACE says it keeps new folders elsewhere. Not an I/O error: the
+    same request will fail the same way, and the message says what would work."""
 
 
 class NotSupported(ImapFSError):

@@ -24,17 +24,19 @@ from imapfs import names, spool
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import (
+    AlreadyExists,
     NotEmpty,
     NotFound,
-    NotSupported,
+    NotPermitted,
     ProtocolError,
+    QuotaError,
     Refused,
     ServerUnavailable,
     StaleMessage,
     WriteUncertain,
 )
 from imapfs.model import Folder, Listing, MessageMeta
-from imapfs.pool import ConnectionPool, Session, compact_uid_set
+from imapfs.pool import ConnectionPool, Namespaces, Session, compact_uid_set
 from imapfs.readahead import ReadAhead
 from imapfs.spool import Literal
 
@@ -615,8 +617,11 @@ class MailStore:
         """Move one message between folders without it ever being in neither.
 
         UID MOVE (RFC 6851) is atomic. Without it: UID COPY, then \\Deleted
-        and UID EXPUNGE of that UID only (UIDPLUS); a failure after the COPY
-        leaves the message in both folders, and says so.
+        and UID EXPUNGE of that UID only (UIDPLUS). With neither (GNU
+        Mailutils imap4d), a plain EXPUNGE, which takes every message marked
+        \\Deleted, so only when ours is the only one (_expunge_alone); with
+        another marked, the move is refused before the COPY. A failure after
+        the COPY leaves the message in both folders, and says so.
         """
         if source == target:
             return
@@ -626,13 +631,18 @@ class MailStore:
             if session.has("MOVE"):
                 session.move([uid], target)
                 return
+            marked_before = None
             if not session.has("UIDPLUS"):
-                raise NotSupported("the server offers neither MOVE nor UIDPLUS; a plain EXPUNGE could "
-                                   "take other deleted messages with it, so imapfs does not move")
+                # Checked before the COPY too, so that the usual refusal
+                # leaves the message where it was, in one folder.
+                marked_before = self._marked_deleted(session, source, uid, "moved")
             session.copy([uid], target)
             try:
-                session.add_flags([uid], ["\\Deleted"])
-                session.uid_expunge([uid])
+                if marked_before is None:
+                    session.add_flags([uid], ["\\Deleted"])
+                    session.uid_expunge([uid])
+                else:
+                    self._expunge_alone(session, source, uid, marked_before, copied_to=target)
             except Exception:
                 log.error("UID %d was copied from %r to %r but could not be removed from %r; "
                           "it is now in both folders", uid, source, target, source)
@@ -644,6 +654,38 @@ class MailStore:
             self.listings.mark_stale(source)
             self.listings.mark_stale(target)
         log.info("moved UID %d from %r to %r", uid, source, target)
+
+    @staticmethod
+    def _marked_deleted(session: Session, folder: str, uid: int, verb: str) -> bool:
+        """Whether uid is marked \\Deleted already; Refused if another message of
+        the selected folder is (a plain EXPUNGE would take it too)."""
+        marked = session.search_uids(["DELETED"])
+        others = [u for u in marked if u != uid]
+        if others:
+            raise Refused(
+                f"UID {uid} of {folder!r} was not {verb}: the server lacks UIDPLUS and MOVE, so only a plain "
+                f"EXPUNGE could remove it, and that would also expunge the {len(others)} other message(s) "
+                f"marked \\Deleted there (UID {compact_uid_set(others)}); expunge or undelete them first")
+        return uid in marked
+
+    def _expunge_alone(self, session: Session, folder: str, uid: int, marked_before: bool,
+                       copied_to: str | None = None) -> None:
+        """Mark uid \\Deleted and EXPUNGE, on a server without UIDPLUS, only if no
+        other message of the folder is marked: checked with UID SEARCH DELETED
+        right before the EXPUNGE. Otherwise uid gets its flags back and Refused.
+        What stays open: another client marking a message in the moment
+        between that search and the EXPUNGE (IMAP has no conditional EXPUNGE)."""
+        if not marked_before:
+            session.add_flags([uid], ["\\Deleted"])
+        try:
+            self._marked_deleted(session, folder, uid, "removed")
+        except Refused as exc:
+            if not marked_before:
+                session.remove_flags([uid], ["\\Deleted"])
+            if copied_to is None:
+                raise
+            raise Refused(f"{exc}; it was copied to {copied_to!r} first and is now in both folders") from None
+        session.expunge()
 
     def find_trash_folder(self) -> str | None:
         """The folder with the \\Trash special-use attribute, else one named Trash, else None."""
@@ -687,10 +729,12 @@ class MailStore:
                               "it is not expunged by the same command (run rm again to empty Trash)")
 
         def work(session: Session) -> None:
-            if not session.has("UIDPLUS"):
-                raise NotSupported("the server lacks UIDPLUS: expunging one message would expunge every "
-                                   "message marked deleted, so imapfs refuses")
             self._select_for_write(session, folder, uidvalidity, uid)
+            if not session.has("UIDPLUS"):
+                # The refusal, if any, comes before anything changed.
+                marked_before = self._marked_deleted(session, folder, uid, "expunged")
+                self._expunge_alone(session, folder, uid, marked_before)
+                return
             session.add_flags([uid], ["\\Deleted"])
             session.uid_expunge([uid])
 
@@ -721,8 +765,25 @@ class MailStore:
             self.listings.mark_stale(folder)
 
     def create_folder(self, name: str) -> None:
+        """CREATE a folder; NotPermitted when the server will not have it there.
+
+        Servers whose personal namespace has a prefix (Courier and Cyrus
+        with Debian's defaults: "INBOX.") refuse names outside it. Such a
+        name is refused here, before asking, naming the one that would work;
+        a CREATE the server refuses for any other reason is NotPermitted too,
+        with the server's words, since asking again changes nothing.
+        """
+        def work(session: Session) -> None:
+            _check_namespace(session.namespace(), name)
+            try:
+                session.create_folder(name)
+            except (AlreadyExists, QuotaError):
+                raise
+            except ProtocolError as exc:
+                raise NotPermitted(f"the server refused to create folder {name!r}: {exc}") from exc
+
         try:
-            self.pool.run(lambda s: s.create_folder(name), idempotent=False)
+            self.pool.run(work, idempotent=False)
         finally:
             self.listings.invalidate_folders()
         log.info("created folder %r", name)
@@ -756,6 +817,28 @@ class MailStore:
             self.listings.invalidate_folders()
             self.listings.invalidate(old)
         log.info("renamed folder %r to %r", old, new)
+
+
+def _check_namespace(namespaces: Namespaces, name: str) -> None:
+    """NotPermitted for a new folder name outside every namespace, when no
+    personal namespace has an empty prefix: the server would refuse it
+    (Dovecot: "Client tried to access nonexistent namespace"), and the
+    message can say what to make instead. INBOX itself and its prefix are
+    matched without regard to case, as RFC 3501 5.1 reads INBOX."""
+    if not namespaces.personal or any(not prefix for prefix, _ in namespaces.personal):
+        return  # the server's own answer will do
+
+    def within(prefix: str) -> bool:
+        bare = prefix[:-1] if prefix and prefix[-1:] in {d for _, d in namespaces.all() if d} else prefix
+        if prefix.upper().startswith("INBOX"):
+            return name.upper().startswith(prefix.upper()) or name.upper() == bare.upper()
+        return name.startswith(prefix) or name == bare
+
+    if name.upper() == "INBOX" or any(within(prefix) for prefix, _ in namespaces.all()):
+        return
+    prefix = namespaces.personal[0][0]
+    raise NotPermitted(f"this server keeps personal folders under {prefix!r} (its NAMESPACE) and refuses "
+                       f"{name!r}; make it inside that folder instead, as {prefix + name!r}")
 
 
 _FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}
