@@ -146,7 +146,9 @@ def safe_name(name: str) -> str:
     """A decoded attachment name as one file name: no '/', NUL or control
     characters, not '.', '..' or empty, at most 255 bytes of UTF-8 (keeping
     the extension); names arrive from strangers."""
-    text = unicodedata.normalize("NFC", name)
+    # A path ("../../etc/passwd", "C:\\x\\y.doc"): its last component, as mail clients save it.
+    components = [c for c in name.replace("\\", "/").split("/") if c.strip()]
+    text = unicodedata.normalize("NFC", components[-1] if components else "")
     text = "".join("_" if ch == "/" or ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
                    else ch for ch in text)
     text = text.strip()
