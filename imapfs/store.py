@@ -20,7 +20,7 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
-from imapfs import names, spool
+from imapfs import mime, names, spool
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import (
@@ -56,6 +56,12 @@ METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
 WHOLE_LIMIT = 1 << 20
 CHUNK_SIZE = 128 * 1024
 MAX_SPAN_CHUNKS = 32
+# BODYSTRUCTURE is a few hundred bytes per part; more than this is not a real message's.
+STRUCTURE_LITERAL_LIMIT = 1 << 20
+# A message with more parts than this has the headers of the first ones only fetched.
+MAX_HEADER_SECTIONS = 500
+# Parts are fetched in ranges of this size (BODY.PEEK[2]<0.1048576> ...).
+PART_RANGE = 1 << 20
 # While the server is unreachable, cached listings are shown and the server
 # is tried again after this many seconds.
 OFFLINE_RETRY_SECONDS = 5.0
@@ -94,6 +100,9 @@ class MailStore:
         # actor -> Trash's (UIDVALIDITY, UIDNEXT) before the actor first moved mail there (see delete).
         self._trashing: TTLCache[Hashable, tuple[int, int]] = TTLCache(maxsize=1024, ttl=24 * 3600)
         self._trashing_lock = threading.Lock()  # guards _trashing
+        self._structures_lock = threading.Lock()  # guards _structures
+        self._structures: LRUCache[tuple[str, int, int], tuple[mime.StructPart, dict[str, bytes]]] = \
+            LRUCache(maxsize=4096)
 
     def close(self) -> None:
         self.readahead.close()
@@ -444,7 +453,7 @@ class MailStore:
             self.on_names_changed(folder, filenames)
 
     def _fetch_part(self, session: Session, folder: str, uidvalidity: int, uid: int,
-                    part: tuple[int, int] | None) -> bytes:
+                    part: tuple[int, int] | None, section: str = "") -> bytes:
         """One FETCH of a whole body or a range, checked to belong to exactly
         (folder, uidvalidity, uid).
 
@@ -457,11 +466,11 @@ class MailStore:
         status = session.ensure_selected(folder)
         if status.uidvalidity != uidvalidity:
             raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
-        item = "BODY.PEEK[]" if part is None else f"BODY.PEEK[]<{part[0]}.{part[1]}>"
+        item = f"BODY.PEEK[{section}]" if part is None else f"BODY.PEEK[{section}]<{part[0]}.{part[1]}>"
         # RFC 3501 answers a partial fetch as BODY[]<origin>; some servers
         # add a length too (BODY[]<origin.length>). Both are this range.
-        exact = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
-        with_length = None if part is None else f"BODY[]<{part[0]}.".encode()
+        exact = f"BODY[{section}]".encode() if part is None else f"BODY[{section}]<{part[0]}>".encode()
+        with_length = None if part is None else f"BODY[{section}]<{part[0]}.".encode()
 
         def matches(key: bytes) -> bool:
             return key == exact or (with_length is not None and key.startswith(with_length)
@@ -491,10 +500,77 @@ class MailStore:
                                         f"{b', '.join(answered).decode('ascii', 'replace')}, which imapfs "
                                         "cannot match")
             value = data[key] if key is not None else None
-            if value is None or (value == b"" and (part is None or part[0] == 0)):
-                continue
+            if value is None or (value == b"" and not section and (part is None or part[0] == 0)):
+                continue  # a part may be empty; a whole message never is
             return value
         raise NotFound(f"UID {uid} is no longer in {folder!r}")
+
+    # --- parts: BODYSTRUCTURE, header, one part --------------------------
+    # What .parts and .text read of a message without its whole body. All of
+    # it is immutable under (folder, UIDVALIDITY, UID), so cached for good.
+
+    def header(self, folder: str, uidvalidity: int, uid: int) -> bytes:
+        """The message's header block, from BODY.PEEK[HEADER] alone (never \\Seen)."""
+        key = (folder, uidvalidity, uid, "HEADER")
+        data = self.bodies.get(key)
+        if data is None:
+            data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, uid, None, "HEADER"))
+            self.bodies.put(key, data)
+        return data
+
+    def structure(self, folder: str, uidvalidity: int, uid: int) -> tuple[mime.StructPart, dict[str, bytes]]:
+        """The message's BODYSTRUCTURE, and the header fields describing each
+        of its parts (BODY.PEEK[HEADER], [S.MIME], [S.HEADER]), fetched in one
+        session: two small FETCHes, whatever the message's size."""
+        key = (folder, uidvalidity, uid)
+        with self._structures_lock:
+            cached = self._structures.get(key)
+        if cached is not None:
+            return cached
+
+        def work(session: Session) -> tuple[mime.StructPart, dict[str, bytes]]:
+            status = session.ensure_selected(folder)
+            if status.uidvalidity != uidvalidity:
+                raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
+            data = session.fetch([uid], ["BODYSTRUCTURE"], literal_limit=STRUCTURE_LITERAL_LIMIT).get(uid)
+            if not data or b"BODYSTRUCTURE" not in data:
+                raise NotFound(f"UID {uid} is no longer in {folder!r}")
+            try:
+                tree = mime.parse_bodystructure(data[b"BODYSTRUCTURE"])
+            except (TypeError, ValueError, IndexError) as exc:
+                raise ProtocolError(f"cannot read the BODYSTRUCTURE of UID {uid} in {folder!r}: {exc}") from exc
+            sections = sorted({part.header_section for part in tree.walk()})[:MAX_HEADER_SECTIONS]
+            got = session.fetch([uid], [f"BODY.PEEK[{s}]" for s in sections],
+                                literal_limit=HEADER_LITERAL_LIMIT).get(uid) or {}
+            return tree, {s: bytes(got.get(f"BODY[{s}]".encode()) or b"") for s in sections}
+
+        result = self.pool.run(work)
+        if result[1].get("HEADER"):
+            self.bodies.put((folder, uidvalidity, uid, "HEADER"), result[1]["HEADER"])
+        with self._structures_lock:
+            self._structures[key] = result
+        return result
+
+    def part(self, folder: str, uidvalidity: int, uid: int, section: str) -> bytes:
+        """Part section of a message as stored (still transfer-encoded), from
+        BODY.PEEK[section] in ranges of PART_RANGE: no answer is larger than
+        that, whatever the BODYSTRUCTURE said."""
+        key = (folder, uidvalidity, uid, section)
+        data = self.bodies.get(key)
+        if data is not None:
+            return data
+        pieces = []
+        offset = 0
+        while True:
+            piece = self.pool.run(
+                lambda s, start=offset: self._fetch_part(s, folder, uidvalidity, uid, (start, PART_RANGE), section))
+            pieces.append(piece)
+            offset += len(piece)
+            if len(piece) < PART_RANGE:
+                break
+        data = b"".join(pieces)
+        self.bodies.put(key, data)
+        return data
 
     # --- writing ---------------------------------------------------------
     # Writes are never retried once sent (pool.run(idempotent=False)), and

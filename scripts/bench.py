@@ -1046,7 +1046,8 @@ class Bench:
         def stored(name: str) -> int:
             with floor_client(self.server) as client:
                 client.select_folder(name, readonly=True)
-                sizes = [d[b"RFC822.SIZE"] for d in client.fetch("1:*", ["RFC822.SIZE"]).values()]
+                uids = client.search("ALL")
+                sizes = [d[b"RFC822.SIZE"] for d in client.fetch(uids, ["RFC822.SIZE"]).values()] if uids else []
                 client.delete_folder(name)
             return sizes[0] if len(sizes) == 1 else -len(sizes)
 
