@@ -147,7 +147,7 @@ WHOLE_BODY = -1  # the part number of a body stored whole (chunks are numbered f
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE folder_list (name TEXT PRIMARY KEY, delimiter TEXT, flags TEXT NOT NULL);
+CREATE TABLE folder_list (position INTEGER PRIMARY KEY, name TEXT NOT NULL, delimiter TEXT, flags TEXT NOT NULL);
 CREATE TABLE listings (
     folder TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, uidnext INTEGER, highestmodseq INTEGER,
     changed_ns INTEGER NOT NULL);
@@ -365,7 +365,8 @@ class DiskCache:
             if db.execute("SELECT 1 FROM meta WHERE key='folders_listed'").fetchone() is None:
                 return None
             return [Folder(name=name, delimiter=delimiter, flags=frozenset(flags.split()))
-                    for name, delimiter, flags in db.execute("SELECT name, delimiter, flags FROM folder_list")]
+                    for name, delimiter, flags in db.execute(
+                        "SELECT name, delimiter, flags FROM folder_list ORDER BY position")]
         return self._guarded("reading the folder list", work, None)
 
     def put_folders(self, folders: list[Folder]) -> None:
@@ -374,8 +375,8 @@ class DiskCache:
             names = {folder.name for folder in folders}
             with _transaction(db):
                 db.execute("DELETE FROM folder_list")
-                db.executemany("INSERT INTO folder_list VALUES (?, ?, ?)",
-                               [(f.name, f.delimiter, " ".join(sorted(f.flags))) for f in folders])
+                db.executemany("INSERT INTO folder_list VALUES (?, ?, ?, ?)",
+                               [(i, f.name, f.delimiter, " ".join(sorted(f.flags))) for i, f in enumerate(folders)])
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('folders_listed', '1')")
                 gone = [row[0] for row in db.execute("SELECT folder FROM listings") if row[0] not in names]
                 for folder in gone:
