@@ -72,6 +72,10 @@ class MailStore:
         # Listings and bodies kept across mounts (cache_dir), or None. Memory
         # is asked first; the disk is the second level under the same keys.
         self.disk = disk
+        # Folders whose disk listing may lag what memory holds: a sync's
+        # result was dropped (a write ran meanwhile) after it had updated
+        # flags in place, so the next write-back cannot tell what changed.
+        self._disk_lagging: set[str] = set()
         self._spans_lock = threading.Lock()  # guards _spans
         # per large message: (last chunk index fetched, span of that fetch)
         self._spans: LRUCache[tuple[str, int, int], tuple[int, int]] = LRUCache(maxsize=1024)
@@ -175,6 +179,8 @@ class MailStore:
                 return listing
             if self.listings.put(fresh, generation):
                 self._write_back(listing, fresh, flag_changes)
+            elif self.disk is not None:
+                self._disk_lagging.add(folder)  # guarded by the folder's sync lock, held here
             return fresh
 
     def _write_back(self, old: Listing | None, fresh: Listing, flag_changes: list[int]) -> None:
@@ -183,7 +189,8 @@ class MailStore:
         costs nothing, a new message one row."""
         if self.disk is None:
             return
-        if old is None or old.uidvalidity != fresh.uidvalidity:
+        if old is None or old.uidvalidity != fresh.uidvalidity or fresh.folder in self._disk_lagging:
+            self._disk_lagging.discard(fresh.folder)
             self.disk.save_listing(fresh)
             return
         removed = [uid for uid in old.messages if uid not in fresh.messages]

@@ -177,3 +177,24 @@ def test_a_write_marks_the_folder_stale_and_the_next_listing_is_written_back(dir
     store.set_flags("INBOX", listing.uidvalidity, 1, ("\\Flagged",))
     assert store.listing("INBOX").messages[1].flags == ("\\Flagged",)
     assert store.disk.listing("INBOX").messages[1].flags == ("\\Flagged",)
+
+
+def test_a_sync_dropped_for_a_concurrent_write_still_reaches_the_disk(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=3)
+    store = mount(server, directory)
+    store.listing("INBOX")
+    server.set_flags("INBOX", 2, {"\\Answered"})
+    store.changed_elsewhere("INBOX")
+    real_sync = store._sync
+
+    def sync_racing_a_write(*args):
+        result = real_sync(*args)
+        store.listings.mark_stale("INBOX")  # a write to the folder ran meanwhile: the result is dropped
+        return result
+
+    store._sync = sync_racing_a_write
+    store.listing("INBOX")
+    store._sync = real_sync
+    assert store.listing("INBOX").messages[2].flags == ("\\Answered",)
+    assert store.disk.listing("INBOX").messages[2].flags == ("\\Answered",)
