@@ -241,3 +241,30 @@ def test_cache_directory_per_account():
     odd = Account(user="a/b", host="h", port=1, implicit_tls=True)
     odd2 = Account(user="a_b", host="h", port=1, implicit_tls=True)
     assert Options().cache_directory(odd, env) != Options().cache_directory(odd2, env)
+
+
+def test_memory_per_message_of_a_listing_read_back(directory):
+    """The issue's budget is 600 bytes per message of a 100,000-message folder,
+    directory entries included; the listing itself (MessageMeta, its name and
+    Message-ID strings, the dict slot) must leave room for those."""
+    import tracemalloc
+
+    count = 100_000
+    big = Listing(folder="INBOX", uidvalidity=1, uidnext=count + 1)
+    for uid in range(1, count + 1):
+        big.add(MessageMeta(uid=uid, size=5000 + uid, internaldate=1.7e9 + uid, flags=("\\Seen",),
+                            filename=f"2024-03-05_14-32_a-fairly-typical-subject-line_{uid}.eml",
+                            message_id=f"<{uid}.abcdef@example.org>"))
+    cache = DiskCache.open(directory, MiB)
+    cache.save_listing(big)
+    del big
+    tracemalloc.start()
+    try:
+        back = cache.listing("INBOX")
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(back.messages) == count
+    per_message = held / count
+    print(f"{per_message:.0f} bytes per message")  # 408 when measured
+    assert per_message < 450
