@@ -78,7 +78,7 @@ class Options:
                                  "/var/tmp, which is on disk where /tmp may be memory)")
     cache_dir: str | None = _opt(None, "directory of the persistent cache (folder listings and message "
                                  "bodies kept across mounts, for instant remounts and offline reading), one "
-                                 "subdirectory per account, private to the user; 'none' turns it off (default: "
+                                 "subdirectory per account, private to the user; 'none' turns it off (unset: "
                                  "$XDG_CACHE_HOME/imapfs, else ~/.cache/imapfs)")
     disk_cache_mb: int = _opt(1024, "disk space for message bodies in the persistent cache, in MiB; the least "
                               "recently read are dropped beyond it (listings come on top: about 200 bytes "
