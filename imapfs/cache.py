@@ -164,6 +164,16 @@ CREATE INDEX bodies_by_use ON bodies (used);
 """
 
 
+def _key(folder: str) -> bytes:
+    """A folder name as stored: UTF-8 bytes, lone surrogates (bytes a server
+    sent that are no UTF-8) kept as they are, which SQLite TEXT cannot hold."""
+    return folder.encode("utf-8", "surrogatepass")
+
+
+def _name(stored: bytes) -> str:
+    return bytes(stored).decode("utf-8", "surrogatepass")
+
+
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
@@ -340,8 +350,9 @@ class DiskCache:
                     log.warning("disk cache: %s while %s", exc, what)
                     log.debug("disk cache error", exc_info=True)
                 return default
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 log.warning("disk cache: %s while %s", exc, what)
+                log.debug("disk cache error", exc_info=True)
                 return default
 
     def close(self) -> None:
@@ -364,7 +375,7 @@ class DiskCache:
         def work(db: sqlite3.Connection) -> list[Folder] | None:
             if db.execute("SELECT 1 FROM meta WHERE key='folders_listed'").fetchone() is None:
                 return None
-            return [Folder(name=name, delimiter=delimiter, flags=frozenset(flags.split()))
+            return [Folder(name=_name(name), delimiter=delimiter, flags=frozenset(flags.split()))
                     for name, delimiter, flags in db.execute(
                         "SELECT name, delimiter, flags FROM folder_list ORDER BY position")]
         return self._guarded("reading the folder list", work, None)
@@ -372,13 +383,14 @@ class DiskCache:
     def put_folders(self, folders: list[Folder]) -> None:
         """Store the folder list, and drop listings and bodies of folders no longer in it."""
         def work(db: sqlite3.Connection) -> None:
-            names = {folder.name for folder in folders}
+            names = {_key(folder.name) for folder in folders}
             with _transaction(db):
                 db.execute("DELETE FROM folder_list")
                 db.executemany("INSERT INTO folder_list VALUES (?, ?, ?, ?)",
-                               [(i, f.name, f.delimiter, " ".join(sorted(f.flags))) for i, f in enumerate(folders)])
+                               [(i, _key(f.name), f.delimiter, " ".join(sorted(f.flags)))
+                                for i, f in enumerate(folders)])
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('folders_listed', '1')")
-                gone = [row[0] for row in db.execute("SELECT folder FROM listings") if row[0] not in names]
+                gone = [row[0] for row in db.execute("SELECT folder FROM listings") if bytes(row[0]) not in names]
                 for folder in gone:
                     self._drop_folder(db, folder, None)
         self._guarded("storing the folder list", work, None)
@@ -388,7 +400,7 @@ class DiskCache:
         """The folder's listing as last synchronised (stale: to be resynchronised before it is trusted)."""
         def work(db: sqlite3.Connection) -> Listing | None:
             row = db.execute("SELECT uidvalidity, uidnext, highestmodseq, changed_ns FROM listings "
-                             "WHERE folder=?", (folder,)).fetchone()
+                             "WHERE folder=?", (_key(folder),)).fetchone()
             if row is None:
                 return None
             listing = Listing(folder=folder, uidvalidity=row[0], uidnext=row[1], highestmodseq=row[2],
@@ -396,7 +408,7 @@ class DiskCache:
             flag_tuples = self._flag_tuples
             for uid, size, verified, internaldate, flags, filename, message_id in db.execute(
                     "SELECT uid, size, size_verified, internaldate, flags, filename, message_id FROM messages "
-                    "WHERE folder=? AND uidvalidity=? ORDER BY uid", (folder, row[0])):
+                    "WHERE folder=? AND uidvalidity=? ORDER BY uid", (_key(folder), row[0])):
                 shared = flag_tuples.get(flags)
                 if shared is None:
                     shared = tuple(sys.intern(f) for f in flags.split())
@@ -414,23 +426,25 @@ class DiskCache:
         replaces whatever was stored for the folder, any UIDVALIDITY), or
         only what changed since the stored one (UIDs removed; messages new or
         with new flags or sizes)."""
+        folder = _key(listing.folder)
+
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                row = db.execute("SELECT uidvalidity FROM listings WHERE folder=?", (listing.folder,)).fetchone()
+                row = db.execute("SELECT uidvalidity FROM listings WHERE folder=?", (folder,)).fetchone()
                 whole = removed is None or row is None or row[0] != listing.uidvalidity
                 if whole:
-                    self._drop_folder(db, listing.folder, listing.uidvalidity)
+                    self._drop_folder(db, folder, listing.uidvalidity)
                     metas: Iterable[MessageMeta] = listing.messages.values()
                 else:
-                    gone = [(listing.folder, listing.uidvalidity, uid) for uid in removed]
+                    gone = [(folder, listing.uidvalidity, uid) for uid in removed]
                     db.executemany("DELETE FROM messages WHERE folder=? AND uidvalidity=? AND uid=?", gone)
                     db.executemany("DELETE FROM bodies WHERE folder=? AND uidvalidity=? AND uid=?", gone)
                     metas = changed or ()
                 db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?, ?, ?)",
-                           (listing.folder, listing.uidvalidity, listing.uidnext, listing.highestmodseq,
+                           (folder, listing.uidvalidity, listing.uidnext, listing.highestmodseq,
                             listing.changed_ns))
                 db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               [(listing.folder, listing.uidvalidity, m.uid, m.size, int(m.size_verified),
+                               [(folder, listing.uidvalidity, m.uid, m.size, int(m.size_verified),
                                  m.internaldate, " ".join(m.flags), m.filename, m.message_id) for m in metas])
             self._used_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM bodies").fetchone()[0]) \
                 if whole or removed else self._used_bytes
@@ -441,18 +455,18 @@ class DiskCache:
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 db.execute("UPDATE messages SET size=?, size_verified=1 WHERE folder=? AND uidvalidity=? AND uid=?",
-                           (meta.size, folder, uidvalidity, meta.uid))
+                           (meta.size, _key(folder), uidvalidity, meta.uid))
         self._guarded("storing a message size", work, None)
 
     def drop_folder(self, folder: str) -> None:
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                self._drop_folder(db, folder, None)
+                self._drop_folder(db, _key(folder), None)
             self._used_bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM bodies").fetchone()[0])
         self._guarded(f"dropping {folder!r}", work, None)
 
     @staticmethod
-    def _drop_folder(db: sqlite3.Connection, folder: str, keep_bodies_of: int | None) -> None:
+    def _drop_folder(db: sqlite3.Connection, folder: bytes, keep_bodies_of: int | None) -> None:
         """Delete a folder's listing, and its bodies except those of UIDVALIDITY keep_bodies_of. In a transaction."""
         db.execute("DELETE FROM listings WHERE folder=?", (folder,))
         db.execute("DELETE FROM messages WHERE folder=?", (folder,))
@@ -460,9 +474,9 @@ class DiskCache:
 
     # --- bodies ------------------------------------------------------------
     @staticmethod
-    def _body_key(key: Hashable) -> tuple[str, int, int, int]:
+    def _body_key(key: Hashable) -> tuple[bytes, int, int, int]:
         parts = tuple(key)  # type: ignore[arg-type]
-        return (parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else WHOLE_BODY)
+        return (_key(parts[0]), parts[1], parts[2], parts[3] if len(parts) > 3 else WHOLE_BODY)
 
     def get_body(self, key: Hashable) -> bytes | None:
         """A body or chunk under its (folder, UIDVALIDITY, UID[, chunk]) key, checked against its digest."""
@@ -476,7 +490,7 @@ class DiskCache:
             data = bytes(row[0])
             if _digest(data) != row[1]:
                 log.warning("disk cache: a body of UID %d in %r does not match its digest; dropped",
-                            row_key[2], row_key[0])
+                            row_key[2], _name(row_key[0]))
                 with _transaction(db):
                     db.execute("DELETE FROM bodies WHERE folder=? AND uidvalidity=? AND uid=? AND part=?", row_key)
                 return None

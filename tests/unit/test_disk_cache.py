@@ -268,3 +268,17 @@ def test_memory_per_message_of_a_listing_read_back(directory):
     per_message = held / count
     print(f"{per_message:.0f} bytes per message")  # 408 when measured
     assert per_message < 450
+
+
+def test_folder_names_with_undecodable_bytes_round_trip(directory):
+    # names.py keeps bytes that are no UTF-8 as lone surrogates; SQLite TEXT cannot hold them.
+    odd = "caf\udcc3\udca9"
+    cache = DiskCache.open(directory, MiB)
+    cache.put_folders([Folder(odd, "/"), Folder("INBOX", "/")])
+    cache.save_listing(listing(folder=odd))
+    cache.put_body((odd, 7, 1), b"odd body")
+    assert [f.name for f in cache.folders()] == [odd, "INBOX"]
+    assert list(cache.listing(odd).messages) == [1, 2, 3]
+    assert cache.get_body((odd, 7, 1)) == b"odd body"
+    cache.put_folders([Folder("INBOX", "/")])
+    assert cache.listing(odd) is None and cache.get_body((odd, 7, 1)) is None
