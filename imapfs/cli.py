@@ -9,17 +9,23 @@ sshfs-style, so mount(8) can call it from /etc/fstab as type fuse.imapfs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import logging.handlers
 import os
 import sys
 import textwrap
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from imapfs import __version__
+from imapfs.cache import DiskCache
 from imapfs.config import Account, Options, find_credentials, parse_options, parse_url
 from imapfs.credentials import Credentials
-from imapfs.errors import ConfigError, ImapFSError
+from imapfs.errors import ConfigError, ImapFSError, ServerUnavailable
+
+if TYPE_CHECKING:
+    from imapfs.pool import Session
 
 log = logging.getLogger("imapfs")
 
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isdir(mountpoint):
             return fail(f"mount point {mountpoint} does not exist or is not a directory", EXIT_USAGE)
         check_ca_file(options)
-        credentials = find_credentials(account, options)
+        # Offline, no login happens: asking for a password would only be in the way.
+        credentials = Credentials.password("") if options.offline else find_credentials(account, options)
     except ConfigError as exc:
         return fail(str(exc), EXIT_USAGE)
     except (KeyboardInterrupt, EOFError):
@@ -163,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(options, foreground=True)
     try:
-        check_account(account, credentials, options)
+        if not options.offline:
+            check_account(account, credentials, options)
+    except ServerUnavailable as exc:
+        if not DiskCache.exists(options.cache_directory(account)):
+            return fail(str(exc))
+        log.warning("%s; mounting with what the persistent cache holds, and trying the server again later", exc)
     except ImapFSError as exc:
         return fail(str(exc))
 
@@ -261,16 +273,24 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
             os.close(ready_fd)
             redirect_stdio_to_devnull()
 
-    pool = ConnectionPool(account, credentials, options)
-    store = MailStore(pool, options)
+    if options.offline:
+        # Nothing can be written without the server: say so at once (EROFS).
+        options = dataclasses.replace(options, ro=True)
+        pool = ConnectionPool(account, credentials, dataclasses.replace(options, retry_for=0),
+                              connector=refuse_offline)
+    else:
+        pool = ConnectionPool(account, credentials, options)
+    disk = DiskCache.open(options.cache_directory(account), options.disk_cache_mb * 1024 * 1024)
+    store = MailStore(pool, options, disk=disk)
     watcher: Watcher | None = None
 
     def start() -> None:
-        # Every connection a scan will use, opened now in parallel: a grep -r
-        # right after mounting would otherwise have its first reads wait for
-        # read-ahead windows to finish their TLS handshakes and logins.
-        pool.warm_up(options.connections)
-        watcher.start()
+        if not options.offline:
+            # Every connection a scan will use, opened now in parallel: a grep -r
+            # right after mounting would otherwise have its first reads wait for
+            # read-ahead windows to finish their TLS handshakes and logins.
+            pool.warm_up(options.connections)
+            watcher.start()
         report_ready()
 
     # Zero-message opens need the kernel told when a name's pages go stale,
@@ -317,8 +337,15 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
         return fail(message)
     finally:
         pool.close()
+        if disk is not None:
+            disk.close()
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+def refuse_offline(*_: object) -> Session:
+    """The connector of an -o offline mount: no connection, at once."""
+    raise ServerUnavailable("mounted with -o offline: only what the persistent cache holds is available")
 
 
 def fuse_major_version() -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import netrc
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,12 +76,40 @@ class Options:
     spool_dir: str | None = _opt(None, "directory where a file being copied in waits for its APPEND, in an "
                                  "already deleted file that nothing leaves behind (default: $TMPDIR, else "
                                  "/var/tmp, which is on disk where /tmp may be memory)")
+    cache_dir: str | None = _opt(None, "directory of the persistent cache (folder listings and message "
+                                 "bodies kept across mounts, for instant remounts and offline reading), one "
+                                 "subdirectory per account, private to the user; 'none' turns it off (unset: "
+                                 "$XDG_CACHE_HOME/imapfs, else ~/.cache/imapfs)")
+    disk_cache_mb: int = _opt(1024, "disk space for message bodies in the persistent cache, in MiB; the least "
+                              "recently read are dropped beyond it (listings come on top: about 200 bytes "
+                              "per message)", minimum=0)
+    offline: bool = _opt(False, "mount without contacting the server: what the persistent cache holds lists and "
+                         "reads, anything else fails (EIO) at once; the mount is read-only")
     delete: str = _opt("trash", "what rm does: 'trash' moves to Trash, 'expunge' deletes at once",
                        choices=("trash", "expunge"))
 
     @property
     def spool_directory(self) -> str:
         return self.spool_dir or os.environ.get("TMPDIR") or "/var/tmp"
+
+    def cache_directory(self, account: Account, environ: dict[str, str] | None = None) -> str | None:
+        """The account's own directory under cache_dir, or None with cache_dir=none.
+
+        The name is readable (user@host_port) plus a hash of the exact
+        account, so that names the escaping folds together stay apart."""
+        if self.cache_dir is not None and self.cache_dir.lower() in {"none", "off", "no", ""}:
+            return None
+        environ = os.environ if environ is None else environ
+        base = self.cache_dir
+        if base is None:
+            xdg = environ.get("XDG_CACHE_HOME", "")
+            # The XDG spec: a relative $XDG_CACHE_HOME is invalid and ignored.
+            base = os.path.join(xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache"),
+                                "imapfs")
+        exact = f"{account.user}@{account.host}:{account.port}"
+        readable = re.sub(r"[^A-Za-z0-9._@+-]", "_", f"{account.user}@{account.host}_{account.port}")[:80]
+        return os.path.join(os.path.expanduser(base),
+                            f"{readable}-{hashlib.sha256(exact.encode()).hexdigest()[:8]}")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -21,7 +21,7 @@ from typing import Any
 from cachetools import LRUCache, TTLCache
 
 from imapfs import mime, names, spool
-from imapfs.cache import BodyCache, ListingCache
+from imapfs.cache import BodyCache, DiskCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import (
     AlreadyExists,
@@ -71,17 +71,24 @@ class MailStore:
     """The mail account as folders and immutable messages."""
 
     def __init__(self, pool: ConnectionPool, options: Options,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, disk: DiskCache | None = None) -> None:
         self.pool = pool
         self.options = options
         self._clock = clock
         self.listings = ListingCache(options.header_cache_folders)
         self.bodies = BodyCache(options.body_cache_mb * 1024 * 1024)
+        # Listings and bodies kept across mounts (cache_dir), or None. Memory
+        # is asked first; the disk is the second level under the same keys.
+        self.disk = disk
+        # Folders whose disk listing may lag what memory holds: a sync's
+        # result was dropped (a write ran meanwhile) after it had updated
+        # flags in place, so the next write-back cannot tell what changed.
+        self._disk_lagging: set[str] = set()
         self._spans_lock = threading.Lock()  # guards _spans
         # per large message: (last chunk index fetched, span of that fetch)
         self._spans: LRUCache[tuple[str, int, int], tuple[int, int]] = LRUCache(maxsize=1024)
         self.readahead = ReadAhead(self.fetch_bodies, small=lambda size: size <= WHOLE_LIMIT,
-                                   cached=self.bodies.__contains__, budget_bytes=self.bodies.max_bytes,
+                                   cached=self._body_cached, budget_bytes=self.bodies.max_bytes,
                                    workers=max(1, options.connections - 1))
         self._sync_locks: dict[str, threading.Lock] = {}
         self._sync_locks_guard = threading.Lock()  # guards _sync_locks
@@ -107,6 +114,8 @@ class MailStore:
     def close(self) -> None:
         self.readahead.close()
         self.pool.close()
+        if self.disk is not None:
+            self.disk.close()
 
     # --- folders ---------------------------------------------------------
     def folders(self) -> list[Folder]:
@@ -118,6 +127,10 @@ class MailStore:
             if cached and self._clock() - cached[0] < self.options.folders_ttl:
                 return cached[1]
             generation = self.listings.folders_generation()
+            if not cached and self.disk is not None:
+                from_disk = self.disk.folders()
+                if from_disk is not None:
+                    cached = (float("-inf"), from_disk)  # a previous mount's: shown only if the server is away
             try:
                 folders = self.pool.run(lambda s: s.list_folders())
             except ServerUnavailable as exc:
@@ -128,6 +141,8 @@ class MailStore:
                                           cached[1], generation)
                 return cached[1]
             self.listings.put_folders(self._clock(), folders, generation)
+            if self.disk is not None and (not cached or cached[1] != folders):
+                self.disk.put_folders(folders)
             return folders
 
     def folder(self, name: str) -> Folder:
@@ -152,8 +167,16 @@ class MailStore:
             if self._fresh(listing):
                 return listing
             generation = self.listings.generation(folder)
+            from_disk = False
+            if listing is None and self.disk is not None:
+                # A previous mount's listing: stale, so it is resynchronised
+                # first (at the cost of what changed since); served as it is
+                # only while the server cannot be reached.
+                listing = self.disk.listing(folder)
+                from_disk = listing is not None
+            flag_changes: list[int] = []
             try:
-                fresh = self.pool.run(lambda s: self._sync(s, folder, listing))
+                fresh = self.pool.run(lambda s: self._sync(s, folder, listing, flag_changes))
             except ServerUnavailable as exc:
                 if listing is None:
                     raise
@@ -162,9 +185,31 @@ class MailStore:
                 log.warning("cannot revalidate %r (%s); showing it as last seen", folder, exc)
                 listing.stale = False
                 listing.synced_at = self._clock() - self.options.listing_ttl + OFFLINE_RETRY_SECONDS
+                if from_disk:
+                    self.listings.put(listing, generation)
                 return listing
-            self.listings.put(fresh, generation)
+            if self.listings.put(fresh, generation):
+                self._write_back(listing, fresh, flag_changes)
+            elif self.disk is not None:
+                self._disk_lagging.add(folder)  # guarded by the folder's sync lock, held here
             return fresh
+
+    def _write_back(self, old: Listing | None, fresh: Listing, flag_changes: list[int]) -> None:
+        """Store a synchronised listing on disk in one transaction, writing
+        only what changed when the old one is known: an unchanged folder
+        costs nothing, a new message one row."""
+        if self.disk is None:
+            return
+        if old is None or old.uidvalidity != fresh.uidvalidity or fresh.folder in self._disk_lagging:
+            self._disk_lagging.discard(fresh.folder)
+            self.disk.save_listing(fresh)
+            return
+        removed = [uid for uid in old.messages if uid not in fresh.messages]
+        changed = [meta for uid, meta in fresh.messages.items() if uid not in old.messages]
+        changed += [fresh.messages[uid] for uid in dict.fromkeys(flag_changes) if uid in fresh.messages]
+        if (removed or changed or old.uidnext != fresh.uidnext or old.highestmodseq != fresh.highestmodseq
+                or old.changed_ns != fresh.changed_ns):
+            self.disk.save_listing(fresh, removed, changed)
 
     def _used(self, folder: str) -> None:
         if self.on_folder_used is not None:
@@ -174,15 +219,20 @@ class MailStore:
         return (listing is not None and not listing.stale
                 and self._clock() - listing.synced_at < self.options.listing_ttl)
 
-    def _sync(self, session: Session, folder: str, old: Listing | None) -> Listing:
+    def _sync(self, session: Session, folder: str, old: Listing | None,
+              flag_changes: list[int] | None = None) -> Listing:
         """Bring a listing up to date, at a cost proportional to what changed.
 
         Known UIDVALIDITY: new mail is found with UID SEARCH from the old
         UIDNEXT; flags and expunges with one CHANGEDSINCE ... VANISHED fetch
         (QRESYNC), or, without it, expunges are inferred from EXISTS and only
         then is the full UID list fetched. A changed UIDVALIDITY, or counts
-        that do not add up, mean a full listing.
+        that do not add up, mean a full listing. The UIDs whose flags
+        changed are appended to flag_changes (for the disk cache's write-back).
         """
+        if flag_changes is None:
+            flag_changes = []
+        del flag_changes[:]  # a retried attempt starts over
         status = session.select(folder, readonly=True)
         if old is not None and old.uidvalidity != status.uidvalidity:
             log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
@@ -195,7 +245,7 @@ class MailStore:
             self._fetch_metadata(session, listing, session.search_all_uids() if status.exists else [])
         else:
             listing.messages = dict(old.messages)
-            self._sync_known(session, listing, old, status.exists)
+            flag_changes += self._sync_known(session, listing, old, status.exists)
             if len(listing.messages) != status.exists:
                 log.debug("%r: %d listed but EXISTS is %d; relisting UIDs", folder, len(listing.messages),
                           status.exists)
@@ -213,8 +263,10 @@ class MailStore:
             listing.changed_ns = old.changed_ns
         return listing
 
-    def _sync_known(self, session: Session, listing: Listing, old: Listing, exists: int) -> None:
+    def _sync_known(self, session: Session, listing: Listing, old: Listing, exists: int) -> list[int]:
+        """Apply what changed since old; returns the UIDs whose flags changed."""
         new_uids: list[int] = []
+        changed: list[int] = []
         if old.uidnext is None or listing.uidnext != old.uidnext:
             new_uids = session.search_uids_from(old.uidnext or 1)
             new_uids = [u for u in new_uids if u not in listing.messages]
@@ -223,13 +275,14 @@ class MailStore:
             flags, vanished = session.changes_since(compact_uid_set(old.messages), old.highestmodseq)
             for uid in vanished:
                 listing.remove(uid)
-            self._apply_flags(listing, flags)
+            changed = self._apply_flags(listing, flags)
         else:
             if len(old.messages) + len(new_uids) != exists:
                 self._drop_expunged(session, listing)
             if old.messages and modseq_moved:
-                self._refresh_flags(session, listing, old)
+                changed = self._refresh_flags(session, listing, old)
         self._fetch_metadata(session, listing, new_uids)
+        return changed
 
     def _reconcile(self, session: Session, listing: Listing) -> None:
         present = self._drop_expunged(session, listing)
@@ -256,18 +309,23 @@ class MailStore:
                            literal_limit=HEADER_LITERAL_LIMIT)
 
     @staticmethod
-    def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> None:
+    def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> list[int]:
+        changed = []
         for uid, new_flags in flags.items():
             meta = listing.messages.get(uid)
             if meta is not None and tuple(meta.flags) != _flags(new_flags):
                 meta.flags = _flags(new_flags)
                 listing.flags_moved = True
+                changed.append(uid)
+        return changed
 
-    def _refresh_flags(self, session: Session, listing: Listing, old: Listing) -> None:
-        """Flags are the only mutable part of a message; fetch only what changed."""
+    def _refresh_flags(self, session: Session, listing: Listing, old: Listing) -> list[int]:
+        """Flags are the only mutable part of a message; fetch only what changed.
+        Returns the UIDs whose flags changed."""
         known = [uid for uid in old.messages if uid in listing.messages]
+        changed: list[int] = []
         if not known:
-            return
+            return changed
         modifiers = None
         if session.has("CONDSTORE") and old.highestmodseq:
             modifiers = [f"CHANGEDSINCE {old.highestmodseq}"]
@@ -276,6 +334,8 @@ class MailStore:
             if meta is not None and b"FLAGS" in data and meta.flags != _flags(data[b"FLAGS"]):
                 meta.flags = _flags(data[b"FLAGS"])
                 listing.flags_moved = True
+                changed.append(uid)
+        return changed
 
     def message(self, folder: str, filename: str) -> tuple[Listing, MessageMeta]:
         uid = names.uid_from_filename(filename)
@@ -340,12 +400,36 @@ class MailStore:
             self._find_real_end(folder, uidvalidity, meta)
         return b"".join(pieces)
 
+    def _body_cached(self, key: Hashable) -> bool:
+        return key in self.bodies or (self.disk is not None and self.disk.has_body(key))
+
+    def _cached_body(self, key: Hashable) -> bytes | None:
+        """A body or chunk from memory, else from the disk cache (then kept in memory too)."""
+        data = self.bodies.get(key)
+        if data is None and self.disk is not None:
+            data = self.disk.get_body(key)
+            if data is not None:
+                self.bodies.put(key, data)
+        return data
+
+    def _keep_body(self, key: Hashable, data: bytes) -> None:
+        self.bodies.put(key, data)
+        if self.disk is not None:
+            self.disk.put_body(key, data)
+
+    def _learn_size_kept(self, meta: MessageMeta, real_size: int, folder: str, uidvalidity: int) -> None:
+        """_learn_size, and the disk cache's listing told when the size shown changes or becomes verified."""
+        before = (meta.size, meta.size_verified)
+        self._learn_size(meta, real_size, folder)
+        if self.disk is not None and (meta.size, meta.size_verified) != before:
+            self.disk.note_size(folder, uidvalidity, meta)
+
     def body(self, folder: str, uidvalidity: int, meta: MessageMeta) -> bytes:
         key = (folder, uidvalidity, meta.uid)
-        data = self.bodies.get(key)
+        data = self._cached_body(key)
         if data is None:
             self.readahead.wait_for(key)
-            data = self.bodies.get(key)
+            data = self._cached_body(key)
         listing = self.listings.get(folder)
         if listing is not None and listing.uidvalidity != uidvalidity:
             listing = None
@@ -360,11 +444,11 @@ class MailStore:
                     self.fetch_bodies(folder, uidvalidity, keys)
                 finally:
                     self.readahead.release(keys)
-                data = self.bodies.get(key)
+                data = self._cached_body(key)
             if data is None:
                 data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, meta.uid, None))
-                self.bodies.put(key, data)
-        self._learn_size(meta, len(data), folder)
+                self._keep_body(key, data)
+        self._learn_size_kept(meta, len(data), folder, uidvalidity)
         return data
 
     def fetch_bodies(self, folder: str, uidvalidity: int, keys: list[Hashable]) -> None:
@@ -390,16 +474,16 @@ class MailStore:
         for uid, data in self.pool.run(work).items():
             body = data.get(b"BODY[]")
             if body:
-                self.bodies.put((folder, uidvalidity, uid), body)
+                self._keep_body((folder, uidvalidity, uid), body)
                 meta = messages.get(uid)
                 if meta is not None and not meta.size_verified:
                     # Correct a wrong RFC822.SIZE before the kernel reads the
                     # file (it clamps its cached reads at the size it holds).
-                    self._learn_size(meta, len(body), folder)
+                    self._learn_size_kept(meta, len(body), folder, uidvalidity)
 
     def _chunk(self, folder: str, uidvalidity: int, meta: MessageMeta, index: int) -> bytes:
         key = (folder, uidvalidity, meta.uid, index)
-        data = self.bodies.get(key)
+        data = self._cached_body(key)
         if data is None:
             span = self._span_for(key)
             start = index * CHUNK_SIZE
@@ -409,12 +493,12 @@ class MailStore:
                 piece = blob[i * CHUNK_SIZE:(i + 1) * CHUNK_SIZE]
                 if i and not piece:
                     break
-                self.bodies.put((folder, uidvalidity, meta.uid, index + i), piece)
+                self._keep_body((folder, uidvalidity, meta.uid, index + i), piece)
                 if len(piece) < CHUNK_SIZE:
                     break
             data = blob[:CHUNK_SIZE]
         if len(data) < CHUNK_SIZE:
-            self._learn_size(meta, index * CHUNK_SIZE + len(data), folder)
+            self._learn_size_kept(meta, index * CHUNK_SIZE + len(data), folder, uidvalidity)
         return data
 
     def _span_for(self, key: tuple[str, int, int, int]) -> int:

@@ -228,6 +228,9 @@ def mount(dovecot: Dovecot, tmp_path: Path, request: pytest.FixtureRequest) -> I
         command += [url or dovecot.url, str(mountpoint)]
 
         proc_env = dict(os.environ)
+        # The persistent cache is the test's own: its mounts share it (as a
+        # user's remounts do), other tests' never (env= may say otherwise).
+        proc_env["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
         proc_env.update(env or {})
         proc_env["PYTHONFAULTHANDLER"] = "1"  # a hang or crash leaves a stack dump in the log
         if password is _DEFAULT:

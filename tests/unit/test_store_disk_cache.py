@@ -1,0 +1,200 @@
+"""MailStore over a disk cache: a remount (a new MailStore over the same
+cache directory) costs what changed while unmounted, counted at the pool."""
+
+from __future__ import annotations
+
+import pytest
+
+from imapfs.cache import DiskCache
+from imapfs.config import Options
+from imapfs.errors import ServerUnavailable
+from imapfs.store import CHUNK_SIZE, WHOLE_LIMIT, MailStore
+from tests.unit.fakes import FakePool, FakeServer
+
+WITH_QRESYNC = ("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE", "QRESYNC", "UNSELECT")
+CONDSTORE_ONLY = ("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE", "UNSELECT")
+PLAIN = ("IMAP4REV1", "UIDPLUS")
+MiB = 1024 * 1024
+
+
+def mount(server, directory, **options) -> MailStore:
+    options.setdefault("listing_ttl", 3600)
+    return MailStore(FakePool(server), Options(**options), disk=DiskCache.open(directory, 64 * MiB))
+
+
+def metadata_fetches(server):
+    return [c for c in server.commands if c[0] == "UID FETCH" and "RFC822.SIZE" in c[2]]
+
+
+def body_fetches(server):
+    return [c for c in server.commands if c[0] == "UID FETCH" and any("BODY.PEEK[]" in i for i in c[2])]
+
+
+@pytest.fixture
+def directory(tmp_path):
+    return str(tmp_path / "acct")
+
+
+def first_mount(server, directory, count=200):
+    for i in range(count):
+        server.add("INBOX", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
+    store = mount(server, directory)
+    store.folders()
+    listing = store.listing("INBOX")
+    store.close()
+    return listing
+
+
+@pytest.mark.parametrize("capabilities", [WITH_QRESYNC, CONDSTORE_ONLY])
+def test_remount_of_an_unchanged_folder_fetches_no_metadata(directory, capabilities):
+    server = FakeServer(capabilities)
+    before = first_mount(server, directory)
+    server.commands.clear()
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    assert listing.messages == before.messages
+    assert listing.changed_ns == before.changed_ns  # the directory's mtime survives the remount
+    assert [c[0] for c in server.commands] == ["EXAMINE"]
+
+
+@pytest.mark.parametrize("capabilities", [WITH_QRESYNC, CONDSTORE_ONLY, PLAIN])
+def test_changes_while_unmounted_are_picked_up_at_their_cost(directory, capabilities):
+    server = FakeServer(capabilities)
+    before = first_mount(server, directory)
+    server.expunge("INBOX", 5)
+    server.expunge("INBOX", 150)
+    server.set_flags("INBOX", 7, {"\\Seen"})
+    new = server.add("INBOX", b"Subject: while away\r\n\r\n")
+    server.commands.clear()
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    truth = server.mailboxes["INBOX"].messages
+    assert set(listing.messages) == set(truth)
+    assert all(set(listing.messages[u].flags) == truth[u].flags for u in truth)
+    assert listing.changed_ns > before.changed_ns
+    # Only the new message's metadata crosses the wire, never the folder's.
+    assert [c[1] for c in metadata_fetches(server)] == [[new]]
+    store.close()
+    # ... and what was learnt was written back: a third mount sees it without asking.
+    server.commands.clear()
+    third = mount(server, directory)
+    assert set(third.disk.listing("INBOX").messages) == set(truth)
+    assert third.disk.listing("INBOX").messages[7].flags == ("\\Seen",)
+    assert metadata_fetches(server) == []
+
+
+def test_uidvalidity_change_while_unmounted_drops_listing_and_bodies(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=5)
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    meta = listing.messages[1]
+    assert store.read("INBOX", listing.uidvalidity, meta, 0, 100) == b"Subject: m0\r\n\r\nbody 0\r\n"
+    store.close()
+    old_uidvalidity = listing.uidvalidity
+    del server.mailboxes["INBOX"]
+    server.create("INBOX")
+    server.add("INBOX", b"Subject: reborn\r\n\r\nnew bytes\r\n")
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    assert listing.uidvalidity != old_uidvalidity
+    assert list(listing.messages) == [1] and listing.messages[1].filename.endswith("_reborn_1.eml")
+    assert store.disk.get_body(("INBOX", old_uidvalidity, 1)) is None
+    server.commands.clear()
+    assert store.read("INBOX", listing.uidvalidity, listing.messages[1], 0, 100) == \
+        b"Subject: reborn\r\n\r\nnew bytes\r\n"
+    assert len(body_fetches(server)) == 1
+
+
+def test_bodies_read_once_are_read_from_disk_after_a_remount(directory):
+    server = FakeServer(WITH_QRESYNC)
+    big = b"Subject: big\r\n\r\n" + bytes(range(256)) * ((WHOLE_LIMIT + 3 * CHUNK_SIZE) // 256)  # read in chunks
+    server.add("INBOX", b"Subject: small\r\n\r\nsmall body\r\n")
+    server.add("INBOX", big)
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    small_meta, big_meta = listing.messages[1], listing.messages[2]
+    assert store.read("INBOX", listing.uidvalidity, small_meta, 0, 1000) == b"Subject: small\r\n\r\nsmall body\r\n"
+    assert store.read("INBOX", listing.uidvalidity, big_meta, CHUNK_SIZE + 5, 10) == big[CHUNK_SIZE + 5:CHUNK_SIZE + 15]
+    store.close()
+    server.commands.clear()
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    assert store.read("INBOX", listing.uidvalidity, listing.messages[1], 0, 1000) == \
+        b"Subject: small\r\n\r\nsmall body\r\n"
+    assert store.read("INBOX", listing.uidvalidity, listing.messages[2], CHUNK_SIZE, 100) == \
+        big[CHUNK_SIZE:CHUNK_SIZE + 100]
+    assert body_fetches(server) == []
+    # A chunk never read is fetched, and only it.
+    assert store.read("INBOX", listing.uidvalidity, listing.messages[2], 0, 10) == big[:10]
+    assert len(body_fetches(server)) == 1
+
+
+def test_a_size_learnt_is_kept_across_mounts(directory):
+    server = FakeServer(WITH_QRESYNC)
+    uid = server.add("INBOX", b"Subject: liar\r\n\r\nthe real body\r\n", reported_size=5)
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    store.read("INBOX", listing.uidvalidity, listing.messages[uid], 0, 4096)
+    assert listing.messages[uid].size_verified
+    store.close()
+    store = mount(server, directory)
+    meta = store.listing("INBOX").messages[uid]
+    assert meta.size == len(b"Subject: liar\r\n\r\nthe real body\r\n") and meta.size_verified
+
+
+def test_server_away_at_remount_serves_listing_folders_and_bodies(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=3)
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    store.read("INBOX", listing.uidvalidity, listing.messages[2], 0, 100)
+    store.close()
+    server.fail_next = [ServerUnavailable("connection refused")] * 100
+    store = mount(server, directory, retry_for=0)
+    assert [f.name for f in store.folders()] == ["INBOX"]
+    offline = store.listing("INBOX")
+    assert offline.messages == listing.messages
+    assert store.read("INBOX", offline.uidvalidity, offline.messages[2], 0, 100) == b"Subject: m1\r\n\r\nbody 1\r\n"
+    with pytest.raises(ServerUnavailable):
+        store.read("INBOX", offline.uidvalidity, offline.messages[1], 0, 100)  # never read: not cached
+
+
+def test_without_a_disk_cache_nothing_is_kept(directory):
+    server = FakeServer(WITH_QRESYNC)
+    server.add("INBOX", b"Subject: x\r\n\r\n")
+    store = MailStore(FakePool(server), Options())
+    store.listing("INBOX")
+    store.close()
+    assert not DiskCache.exists(directory)
+
+
+def test_a_write_marks_the_folder_stale_and_the_next_listing_is_written_back(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=3)
+    store = mount(server, directory)
+    listing = store.listing("INBOX")
+    store.set_flags("INBOX", listing.uidvalidity, 1, ("\\Flagged",))
+    assert store.listing("INBOX").messages[1].flags == ("\\Flagged",)
+    assert store.disk.listing("INBOX").messages[1].flags == ("\\Flagged",)
+
+
+def test_a_sync_dropped_for_a_concurrent_write_still_reaches_the_disk(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=3)
+    store = mount(server, directory)
+    store.listing("INBOX")
+    server.set_flags("INBOX", 2, {"\\Answered"})
+    store.changed_elsewhere("INBOX")
+    real_sync = store._sync
+
+    def sync_racing_a_write(*args):
+        result = real_sync(*args)
+        store.listings.mark_stale("INBOX")  # a write to the folder ran meanwhile: the result is dropped
+        return result
+
+    store._sync = sync_racing_a_write
+    store.listing("INBOX")
+    store._sync = real_sync
+    assert store.listing("INBOX").messages[2].flags == ("\\Answered",)
+    assert store.disk.listing("INBOX").messages[2].flags == ("\\Answered",)
