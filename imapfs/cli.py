@@ -248,6 +248,7 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     from imapfs.views.folders import FoldersView
     from imapfs.views.maildir import MaildirView
     from imapfs.views.root import CompositeRoot
+    from imapfs.views.search import SearchView
     from imapfs.watcher import Watcher
 
     def report_ready() -> None:
@@ -273,7 +274,7 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     # which only libfuse 3 can do (fuse_invalidate_path).
     kernel_opens = options.ro and options.fast_open and fuse_major_version() >= 3
     layout = MaildirView if options.maildir else FoldersView
-    root = CompositeRoot(layout(store, spool_dir=options.spool_directory))
+    root = CompositeRoot(layout(store, spool_dir=options.spool_directory), {".search": SearchView(store)})
     operations = ImapFS(store, root, read_only=options.ro, kernel_opens=kernel_opens, on_init=start,
                         on_destroy=lambda: watcher.stop())
     watcher = Watcher(account, credentials, options, pool, listings=store.cached_listings,

@@ -20,7 +20,9 @@ Terms (values are substrings, case-insensitive, as the server matches them):
     is:unread|read|flagged|answered|draft (and seen, unseen, unflagged,
                             unanswered, undraft)
     in:FOLDER               a folder filter, not a SEARCH key: FOLDER and its
-                            subfolders (repeatable; -in: leaves them out)
+                            subfolders (repeatable; -in: leaves them out). FOLDER
+                            as the server names it; since a file name cannot hold
+                            "/", write %2F for it: in:Work%2FProjects
     gmail:RAW               X-GM-RAW RAW, Gmail's own syntax (servers with X-GM-EXT-1)
     -TERM                   NOT TERM (-is:read is UNSEEN, not NOT SEEN)
     A OR B                  OR A B; binds tighter than the implicit AND
@@ -100,6 +102,7 @@ GMAIL_CAPABILITY = "X-GM-EXT-1"
 
 _OPERATOR = re.compile(r"([A-Za-z][A-Za-z0-9_-]*):(.*)", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SLASH = re.compile("%2F", re.IGNORECASE)
 
 
 @dataclass
@@ -164,7 +167,7 @@ def parse(text: str) -> Query:
             continue
         keys = _term(token, needs)
         if keys is None:
-            (excluded if token.negated else folders).append(token.text[len("in:"):])
+            (excluded if token.negated else folders).append(_SLASH.sub("/", token.text[len("in:"):]))
             if terms and terms[-1] == "OR":
                 raise InvalidQuery(f"{token.raw!r} chooses folders; it cannot be one side of OR")
             terms.append([])  # placeholder, so "in:x OR y" is caught below
