@@ -100,6 +100,13 @@ def help_text() -> str:
         Options:
         """) + rows + textwrap.dedent("""
 
+        Searching on the server (.search is hidden: looked up, never listed):
+            ls "MOUNT/.search/from:alice since:2024-01-01 invoice"
+            word "a phrase" from: to: cc: bcc: subject: body: header:NAME:VALUE
+            since: before: on:YYYY-MM-DD  larger: smaller:N[k|M|G]
+            is:unread|read|flagged|answered|draft  in:FOLDER (%2F for /)
+            -TERM (NOT)  A OR B  gmail:RAW (X-GM-EXT-1 servers); see the README.
+
         FUSE mount options such as allow_root, default_permissions, nosuid,
         nodev, noatime, auto_unmount pass through; fstab-only options (rw,
         defaults, noauto, user, _netdev, nofail, x-*) are accepted and ignored.
