@@ -252,10 +252,14 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     from imapfs.fusebind import ImapFUSE
     from imapfs.pool import ConnectionPool
     from imapfs.store import MailStore
+    from imapfs.views.derived import MessageContent
     from imapfs.views.folders import FoldersView
     from imapfs.views.maildir import MaildirView
+    from imapfs.views.parts import PartsView
     from imapfs.views.root import CompositeRoot
     from imapfs.views.search import SearchView
+    from imapfs.views.text import TextView
+    from imapfs.views.trash import TrashView, trash_dir_name
     from imapfs.watcher import Watcher
 
     def report_ready() -> None:
@@ -281,7 +285,12 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     # which only libfuse 3 can do (fuse_invalidate_path).
     kernel_opens = options.ro and options.fast_open and fuse_major_version() >= 3
     layout = MaildirView if options.maildir else FoldersView
-    root = CompositeRoot(layout(store, spool_dir=options.spool_directory), {".search": SearchView(store)})
+    trash_name = trash_dir_name(os.getuid())  # the mount owner's: only the owner may change the mount
+    content = MessageContent(store)  # shared: .parts/NAME/text is .text's rendering
+    root = CompositeRoot(layout(store, spool_dir=options.spool_directory),
+                         {trash_name: TrashView(store, trash_name),
+                          ".text": TextView(store, content), ".parts": PartsView(store, content),
+                          ".search": SearchView(store)})
     operations = ImapFS(store, root, read_only=options.ro, kernel_opens=kernel_opens, on_init=start,
                         on_destroy=lambda: watcher.stop())
     watcher = Watcher(account, credentials, options, pool, listings=store.cached_listings,

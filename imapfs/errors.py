@@ -25,7 +25,9 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── ReadOnly                 the mount (or the object) does not accept writes
     ├── Busy                     another program is writing that file
     ├── Refused                  imapfs will not do this, to keep mail safe
+    ├── NotPermitted             the server does not allow this name or change (its NO, or its NAMESPACE)
     └── NotSupported             the operation has no meaning for mail
+        └── NotMail              a tool's own dot-file or dot-directory (.DS_Store, .notmuch): never stored
 """
 
 from __future__ import annotations
@@ -117,5 +119,17 @@ class Refused(ImapFSError):
     """imapfs will not do this: it could lose or destroy mail."""
 
 
+class NotPermitted(ImapFSError):
+    """The server does not allow this change here: it refused a CREATE, or its
+    NAMESPACE says it keeps new folders elsewhere. Not an I/O error: the
+    same request will fail the same way, and the message says what would work."""
+
+
 class NotSupported(ImapFSError):
     """The operation has no meaning for mail."""
+
+
+class NotMail(NotSupported):
+    """A name tools use for their own state (.DS_Store, .notmuch, .Trash-1001):
+    filed, it would become a junk message or folder on the server, seen by
+    every mail client of the account."""

@@ -38,6 +38,7 @@ from imapfs.errors import (
     InvalidQuery,
     NotEmpty,
     NotFound,
+    NotPermitted,
     NotSupported,
     QuotaError,
     ReadOnly,
@@ -46,7 +47,7 @@ from imapfs.errors import (
 )
 from imapfs.fusebind import KernelCache
 from imapfs.store import WHOLE_LIMIT, MailStore
-from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
+from imapfs.views.base import Alias, DerivedFile, DirNode, MessageRef, NewFile, Node, Parts, View
 from imapfs.views.root import CompositeRoot
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def errno_for(exc: BaseException) -> int:
         (InvalidName, errno.EINVAL),
         (InvalidQuery, errno.EINVAL),
         (NotSupported, errno.EPERM),
+        (NotPermitted, errno.EACCES),
         (QuotaError, errno.EDQUOT),
         (ConnectError, errno.EIO),
         (ImapFSError, errno.EIO),
@@ -142,7 +144,14 @@ class SpoolReadHandle:
     new: NewFile
 
 
-Handle = ReadHandle | WriteHandle | SpoolReadHandle
+@dataclass
+class DerivedReadHandle:
+    """An open file a view derives from stored mail (base.DerivedFile)."""
+
+    node: DerivedFile
+
+
+Handle = ReadHandle | WriteHandle | SpoolReadHandle | DerivedReadHandle
 
 
 class ImapFS(fuse.Operations):
@@ -181,6 +190,9 @@ class ImapFS(fuse.Operations):
         # (uidvalidity, uid, size) last told to the kernel for each message
         # path: reads may go through the page cache only while it is right.
         self._told: LRUCache[str, tuple[int, int, int]] = LRUCache(maxsize=200_000)
+        # The same for derived files: (key, size) last told at each path, and the key last opened there.
+        self._told_derived: LRUCache[str, tuple[Any, int]] = LRUCache(maxsize=100_000)
+        self._opened_derived: LRUCache[str, Any] = LRUCache(maxsize=100_000)
         # (when, paths) for the kernel to forget, from time.monotonic() on; None ends the forgetter.
         self._forget_queue: queue.SimpleQueue[tuple[float, list[str]] | None] = queue.SimpleQueue()
         self._forgetter: threading.Thread | None = None
@@ -356,6 +368,11 @@ class ImapFS(fuse.Operations):
             return self._stat(0o644, target.spool.size, target.created_ns)
         if isinstance(target, Alias):
             return self._stat(0o444, target.size, target.mtime_ns)
+        if isinstance(target, DerivedFile):
+            if not self.kernel_opens:
+                with self._state_lock:
+                    self._told_derived[path] = (target.key, target.size if target.size_known else -1)
+            return self._stat(0o444, target.size, target.mtime_ns)
         meta = target.meta
         if not self.kernel_opens:  # only open() reads _told, and it never runs then
             with self._state_lock:
@@ -363,7 +380,7 @@ class ImapFS(fuse.Operations):
         return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
 
     def _dir_stat(self, view: View, node: DirNode) -> dict[str, Any]:
-        mode = 0o555 if self.read_only else 0o755
+        mode = (0o555 if self.read_only else 0o755) & view.dir_permissions(node)
         when = view.dir_mtime_ns(node) or self._mounted_at_ns
         return {"st_mode": stat.S_IFDIR | mode, "st_nlink": 2 + len(node.children), "st_uid": self._uid,
                 "st_gid": self._gid, "st_size": 0, "st_mtime": when, "st_ctime": when,
@@ -431,6 +448,10 @@ class ImapFS(fuse.Operations):
                     self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
             elif isinstance(child, DirNode):
                 entries.append((name, self._dir_stat(view, child), 0))
+            elif isinstance(child, DerivedFile) and child.size_known:
+                entries.append((name, self._stat(0o444, child.size, child.mtime_ns), 0))
+                if told:
+                    self._told_derived[prefix + name] = (child.key, child.size)
             else:
                 entries.append(name)  # being written: its attributes change; the kernel asks
         with self._state_lock:
@@ -447,7 +468,7 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if amode & os.W_OK:
             self._check_writable()
-            if isinstance(target, (MessageRef, Alias)):
+            if isinstance(target, (MessageRef, Alias, DerivedFile)):
                 raise refuse(errno.EACCES)
         return 0
 
@@ -506,7 +527,20 @@ class ImapFS(fuse.Operations):
             return 0
         if writing:
             self._check_writable()
+            if isinstance(target, Alias) and fi.flags & os.O_TRUNC:
+                # A name written before, written again (cp twice, rsync's
+                # second run): a new file, filed once more, which the store
+                # does not append again when the folder holds it already.
+                view, parts = self.root.route(self._split(path))
+                caller = callers_context()
+                new = view.create(parts, caller[2] if caller else 0)
+                new.creator_process = callers.process(caller[2]) if caller else None
+                fi.fh = self._new_handle(WriteHandle(new))
+                fi.direct_io = 1
+                return 0
             raise refuse(errno.EACCES)  # messages are immutable in IMAP
+        if isinstance(target, DerivedFile):
+            return self._open_derived(path, target, fi)
         ref = target if isinstance(target, MessageRef) else self._message(path)
         shown_size = ref.meta.size
         if not ref.meta.size_verified and ref.meta.size <= WHOLE_LIMIT:
@@ -538,12 +572,38 @@ class ImapFS(fuse.Operations):
             self.names_changed(ref.folder.name, [ref.meta.filename])
         return 0
 
+    def _open_derived(self, path: str, node: DerivedFile, fi: Any) -> int:
+        """A derived file's bytes are made now (the view fetches what they
+        need), so its real length is known before the first read. Reads go
+        through the page cache only while the kernel holds that length for
+        this very file; otherwise they go direct (no truncation at a size
+        the kernel cached, no NUL padding past a smaller real end) and the
+        kernel is told to forget the name, so the next stat is right."""
+        size = node.size if node.size_known or node.prepare is None else node.prepare()
+        with self._state_lock:
+            kernel_knows = self._told_derived.get(path) == (node.key, size)
+            same_bytes = self._opened_derived.get(path) == node.key
+            self._opened_derived[path] = node.key
+        fi.fh = self._new_handle(DerivedReadHandle(node))
+        if hasattr(fi, "noflush"):
+            fi.noflush = 1
+        fi.keep_cache = 1 if kernel_knows and same_bytes else 0
+        fi.direct_io = 0 if kernel_knows else 1
+        if not kernel_knows and self._forgetter is not None:
+            self._forget_queue.put((0.0, [path]))
+        return 0
+
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         if not fi.fh:  # opened by the kernel alone (kernel_opens): no handle, the path says it all
+            node = self._resolve(path)
+            if isinstance(node, DerivedFile):
+                return node.read(offset, size)
             ref = self._message(path)
             return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
         handle = self._handle(fi)
+        if isinstance(handle, DerivedReadHandle):
+            return handle.node.read(offset, size)
         if isinstance(handle, (WriteHandle, SpoolReadHandle)):
             return handle.new.spool.read(offset, size)
         ref = handle.ref
@@ -578,7 +638,7 @@ class ImapFS(fuse.Operations):
         target = self._resolve(path)
         if isinstance(target, DirNode):
             return [XATTR_FOLDER] if target.folder is not None else []
-        if isinstance(target, NewFile):
+        if isinstance(target, (NewFile, DerivedFile)):
             return []
         return [XATTR_FLAGS, XATTR_UID, XATTR_MESSAGE_ID, XATTR_UIDVALIDITY]
 
@@ -598,7 +658,7 @@ class ImapFS(fuse.Operations):
             if name == XATTR_FOLDER and target.folder is not None:
                 return names.folder_display(target.folder.name).encode("utf-8")
             raise refuse(ENOATTR)
-        if isinstance(target, NewFile):
+        if isinstance(target, (NewFile, DerivedFile)):
             raise refuse(ENOATTR)
         ref = self._message(path)
         values = {
@@ -720,7 +780,8 @@ class ImapFS(fuse.Operations):
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
         # A message reaches the server whole or not at all: there is nothing
         # partial to make durable. The APPEND comes with the writer's close.
-        self._handle(fi)
+        if fi is not None and fi.fh:
+            self._handle(fi)
         return 0
 
     def _commit(self, new: NewFile, lock_owner: int | None, pid: int) -> None:
@@ -796,8 +857,7 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         self._check_writable()
-        view, old_parts, new_parts = self.root.route_pair(self._split(old), self._split(new))
-        view.rename(old_parts, view.resolve(old_parts), new_parts)
+        self.root.rename(self._split(old), self._split(new))
         return 0
 
     # --- folders ---------------------------------------------------------
@@ -825,7 +885,7 @@ class ImapFS(fuse.Operations):
         it would be a lie: refused."""
         self._check_writable()
         view, _, target = self._locate(path)
-        if isinstance(target, MessageRef):
+        if isinstance(target, (MessageRef, DerivedFile)):
             raise refuse(errno.EPERM)
         view.set_times(target, mtime_ns)
         return 0

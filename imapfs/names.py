@@ -298,3 +298,32 @@ def message_id_from_headers(header_block: bytes) -> str:
     if not raw:
         return ""
     return raw.decode("ascii", "replace").strip()
+
+
+# --- tools' own files --------------------------------------------------------
+
+# Names desktops and tools drop beside what they look at, for their own state:
+# Finder (.DS_Store, .localized), KDE's Dolphin (.directory), Nautilus (.hidden),
+# freedesktop trash (.Trash, .Trash-UID of other users: imapfs shows its own
+# user's as a view). Filed, each would be a junk message or folder on the server.
+TOOL_FILE_NAMES = frozenset({".DS_Store", ".localized", ".directory", ".hidden", ".Trash", ".notmuch"})
+# A temporary name as rsync and mkstemp make them: ".NAME.XXXXXX". These must
+# keep working: they become messages when renamed to their real names.
+_TEMP_NAME_RE = re.compile(r"\A\..+\.[A-Za-z0-9_]{6}\Z")
+
+
+def tool_file_reason(name: str, directory: bool) -> str | None:
+    """Why a name is a tool's own state and not mail, or None if it may be filed.
+
+    Every new directory whose name begins with "." is one (.notmuch, .git,
+    .stfolder, .thumbnails): no mail program makes dot-folders, while tools
+    make them to keep their state beside the mail. Files are refused only by
+    the names above and AppleDouble's "._NAME" (macOS), because rsync writes
+    every message as ".NAME.XXXXXX" before renaming it."""
+    if directory and name.startswith("."):
+        return "a dot-directory is a tool's own state, not a mail folder"
+    if name in TOOL_FILE_NAMES or name.startswith(".Trash-"):
+        return "a tool's own file, not mail"
+    if name.startswith("._") and not _TEMP_NAME_RE.match(name):
+        return "an AppleDouble file (macOS metadata), not mail"
+    return None

@@ -205,6 +205,7 @@ class Session:
         self.capabilities = frozenset(c.decode().upper() if isinstance(c, bytes) else c.upper()
                                       for c in client.capabilities())
         self.qresync = False  # set by connect() once ENABLE QRESYNC succeeded
+        self._namespaces: Namespaces | None = None  # see namespace()
         # Literals are read through _bounded_read, so that one response cannot
         # cost more memory than the command it answers may (see fetch_each).
         self.literal_limit: int | None = None
@@ -558,9 +559,35 @@ class Session:
         with self._translating():
             self._client.add_flags(uids, list(flags), silent=True)
 
+    def remove_flags(self, uids: list[int], flags: Iterable[str]) -> None:
+        with self._translating():
+            self._client.remove_flags(uids, list(flags), silent=True)
+
     def uid_expunge(self, uids: list[int]) -> None:
         with self._translating():
             self._client.uid_expunge(uids)
+
+    def expunge(self) -> None:
+        """A plain EXPUNGE: every message of the selected folder marked \\Deleted goes,
+        not only ours. Only for servers without UIDPLUS, and only after the
+        caller checked that nothing else is marked (MailStore._expunge_alone)."""
+        with self._translating():
+            self._client.expunge()
+
+    def namespace(self) -> Namespaces:
+        """The server's namespaces (RFC 2342), asked once per connection and
+        kept: they do not change while a user is logged in. A server without
+        NAMESPACE has one personal namespace with no prefix, by the RFC's
+        own reading of such servers."""
+        if self._namespaces is None:
+            if not self.has("NAMESPACE"):
+                self._namespaces = Namespaces(personal=(("", None),), other=(), shared=())
+            else:
+                with self._translating(), self._names_as_sent():
+                    found = self._client.namespace()
+                self._namespaces = Namespaces(*(tuple(_namespace_entry(p, d) for p, d in (kind or ()))
+                                                for kind in found))
+        return self._namespaces
 
     def create_folder(self, folder: str) -> None:
         with self._translating(), self._names_as_sent():
@@ -608,6 +635,27 @@ class Session:
             self._client.logout()
         with contextlib.suppress(Exception):
             self._client.shutdown()
+
+
+@dataclasses.dataclass(frozen=True)
+class Namespaces:
+    """A NAMESPACE answer: (prefix, delimiter) pairs of each kind, prefixes decoded
+    from modified UTF-7 as folder names are (so "INBOX." compares with Folder.name)."""
+
+    personal: tuple[tuple[str, str | None], ...]
+    other: tuple[tuple[str, str | None], ...]
+    shared: tuple[tuple[str, str | None], ...]
+
+    def all(self) -> tuple[tuple[str, str | None], ...]:
+        return self.personal + self.other + self.shared
+
+
+def _namespace_entry(prefix: Any, delimiter: Any) -> tuple[str, str | None]:
+    raw = prefix if isinstance(prefix, bytes) else str(prefix).encode()
+    name = names.decode_folder_name(raw)
+    if isinstance(delimiter, bytes):
+        delimiter = delimiter.decode("ascii", "replace")
+    return (name if name is not None else raw.decode("ascii", "replace")), (delimiter or None)
 
 
 class DroppedLiteral(bytes):

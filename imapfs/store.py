@@ -21,22 +21,24 @@ from typing import Any, NamedTuple, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
-from imapfs import names, spool
+from imapfs import mime, names, spool
 from imapfs.cache import BodyCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import (
+    AlreadyExists,
     InvalidQuery,
     NotEmpty,
     NotFound,
-    NotSupported,
+    NotPermitted,
     ProtocolError,
+    QuotaError,
     Refused,
     ServerUnavailable,
     StaleMessage,
     WriteUncertain,
 )
 from imapfs.model import Folder, Listing, MessageMeta
-from imapfs.pool import ConnectionPool, Session, compact_uid_set
+from imapfs.pool import ConnectionPool, Namespaces, Session, compact_uid_set
 from imapfs.readahead import ReadAhead
 from imapfs.spool import Literal
 
@@ -57,6 +59,12 @@ METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
 WHOLE_LIMIT = 1 << 20
 CHUNK_SIZE = 128 * 1024
 MAX_SPAN_CHUNKS = 32
+# BODYSTRUCTURE is a few hundred bytes per part; more than this is not a real message's.
+STRUCTURE_LITERAL_LIMIT = 1 << 20
+# A message with more parts than this has the headers of the first ones only fetched.
+MAX_HEADER_SECTIONS = 500
+# Parts are fetched in ranges of this size (BODY.PEEK[2]<0.1048576> ...).
+PART_RANGE = 1 << 20
 # While the server is unreachable, cached listings are shown and the server
 # is tried again after this many seconds.
 OFFLINE_RETRY_SECONDS = 5.0
@@ -100,6 +108,9 @@ class MailStore:
             TTLCache(maxsize=1024, ttl=max(options.listing_ttl, 0.001), timer=clock)
         self._searches_lock = threading.Lock()  # guards _searches and _workers
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._structures_lock = threading.Lock()  # guards _structures
+        self._structures: LRUCache[tuple[str, int, int], tuple[mime.StructPart, dict[str, bytes]]] = \
+            LRUCache(maxsize=4096)
 
     def close(self) -> None:
         with self._searches_lock:
@@ -532,7 +543,7 @@ class MailStore:
             self.on_names_changed(folder, filenames)
 
     def _fetch_part(self, session: Session, folder: str, uidvalidity: int, uid: int,
-                    part: tuple[int, int] | None) -> bytes:
+                    part: tuple[int, int] | None, section: str = "") -> bytes:
         """One FETCH of a whole body or a range, checked to belong to exactly
         (folder, uidvalidity, uid).
 
@@ -545,11 +556,11 @@ class MailStore:
         status = session.ensure_selected(folder)
         if status.uidvalidity != uidvalidity:
             raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
-        item = "BODY.PEEK[]" if part is None else f"BODY.PEEK[]<{part[0]}.{part[1]}>"
+        item = f"BODY.PEEK[{section}]" if part is None else f"BODY.PEEK[{section}]<{part[0]}.{part[1]}>"
         # RFC 3501 answers a partial fetch as BODY[]<origin>; some servers
         # add a length too (BODY[]<origin.length>). Both are this range.
-        exact = b"BODY[]" if part is None else f"BODY[]<{part[0]}>".encode()
-        with_length = None if part is None else f"BODY[]<{part[0]}.".encode()
+        exact = f"BODY[{section}]".encode() if part is None else f"BODY[{section}]<{part[0]}>".encode()
+        with_length = None if part is None else f"BODY[{section}]<{part[0]}.".encode()
 
         def matches(key: bytes) -> bool:
             return key == exact or (with_length is not None and key.startswith(with_length)
@@ -579,10 +590,77 @@ class MailStore:
                                         f"{b', '.join(answered).decode('ascii', 'replace')}, which imapfs "
                                         "cannot match")
             value = data[key] if key is not None else None
-            if value is None or (value == b"" and (part is None or part[0] == 0)):
-                continue
+            if value is None or (value == b"" and not section and (part is None or part[0] == 0)):
+                continue  # a part may be empty; a whole message never is
             return value
         raise NotFound(f"UID {uid} is no longer in {folder!r}")
+
+    # --- parts: BODYSTRUCTURE, header, one part --------------------------
+    # What .parts and .text read of a message without its whole body. All of
+    # it is immutable under (folder, UIDVALIDITY, UID), so cached for good.
+
+    def header(self, folder: str, uidvalidity: int, uid: int) -> bytes:
+        """The message's header block, from BODY.PEEK[HEADER] alone (never \\Seen)."""
+        key = (folder, uidvalidity, uid, "HEADER")
+        data = self.bodies.get(key)
+        if data is None:
+            data = self.pool.run(lambda s: self._fetch_part(s, folder, uidvalidity, uid, None, "HEADER"))
+            self.bodies.put(key, data)
+        return data
+
+    def structure(self, folder: str, uidvalidity: int, uid: int) -> tuple[mime.StructPart, dict[str, bytes]]:
+        """The message's BODYSTRUCTURE, and the header fields describing each
+        of its parts (BODY.PEEK[HEADER], [S.MIME], [S.HEADER]), fetched in one
+        session: two small FETCHes, whatever the message's size."""
+        key = (folder, uidvalidity, uid)
+        with self._structures_lock:
+            cached = self._structures.get(key)
+        if cached is not None:
+            return cached
+
+        def work(session: Session) -> tuple[mime.StructPart, dict[str, bytes]]:
+            status = session.ensure_selected(folder)
+            if status.uidvalidity != uidvalidity:
+                raise StaleMessage(f"folder {folder!r} was recreated; UID {uid} no longer names this message")
+            data = session.fetch([uid], ["BODYSTRUCTURE"], literal_limit=STRUCTURE_LITERAL_LIMIT).get(uid)
+            if not data or b"BODYSTRUCTURE" not in data:
+                raise NotFound(f"UID {uid} is no longer in {folder!r}")
+            try:
+                tree = mime.parse_bodystructure(data[b"BODYSTRUCTURE"])
+            except (TypeError, ValueError, IndexError) as exc:
+                raise ProtocolError(f"cannot read the BODYSTRUCTURE of UID {uid} in {folder!r}: {exc}") from exc
+            sections = sorted({part.header_section for part in tree.walk()})[:MAX_HEADER_SECTIONS]
+            got = session.fetch([uid], [f"BODY.PEEK[{s}]" for s in sections],
+                                literal_limit=HEADER_LITERAL_LIMIT).get(uid) or {}
+            return tree, {s: bytes(got.get(f"BODY[{s}]".encode()) or b"") for s in sections}
+
+        result = self.pool.run(work)
+        if result[1].get("HEADER"):
+            self.bodies.put((folder, uidvalidity, uid, "HEADER"), result[1]["HEADER"])
+        with self._structures_lock:
+            self._structures[key] = result
+        return result
+
+    def part(self, folder: str, uidvalidity: int, uid: int, section: str) -> bytes:
+        """Part section of a message as stored (still transfer-encoded), from
+        BODY.PEEK[section] in ranges of PART_RANGE: no answer is larger than
+        that, whatever the BODYSTRUCTURE said."""
+        key = (folder, uidvalidity, uid, section)
+        data = self.bodies.get(key)
+        if data is not None:
+            return data
+        pieces = []
+        offset = 0
+        while True:
+            piece = self.pool.run(
+                lambda s, start=offset: self._fetch_part(s, folder, uidvalidity, uid, (start, PART_RANGE), section))
+            pieces.append(piece)
+            offset += len(piece)
+            if len(piece) < PART_RANGE:
+                break
+        data = b"".join(pieces)
+        self.bodies.put(key, data)
+        return data
 
     # --- writing ---------------------------------------------------------
     # Writes are never retried once sent (pool.run(idempotent=False)), and
@@ -705,8 +783,11 @@ class MailStore:
         """Move one message between folders without it ever being in neither.
 
         UID MOVE (RFC 6851) is atomic. Without it: UID COPY, then \\Deleted
-        and UID EXPUNGE of that UID only (UIDPLUS); a failure after the COPY
-        leaves the message in both folders, and says so.
+        and UID EXPUNGE of that UID only (UIDPLUS). With neither (GNU
+        Mailutils imap4d), a plain EXPUNGE, which takes every message marked
+        \\Deleted, so only when ours is the only one (_expunge_alone); with
+        another marked, the move is refused before the COPY. A failure after
+        the COPY leaves the message in both folders, and says so.
         """
         if source == target:
             return
@@ -716,13 +797,18 @@ class MailStore:
             if session.has("MOVE"):
                 session.move([uid], target)
                 return
+            marked_before = None
             if not session.has("UIDPLUS"):
-                raise NotSupported("the server offers neither MOVE nor UIDPLUS; a plain EXPUNGE could "
-                                   "take other deleted messages with it, so imapfs does not move")
+                # Checked before the COPY too, so that the usual refusal
+                # leaves the message where it was, in one folder.
+                marked_before = self._marked_deleted(session, source, uid, "moved")
             session.copy([uid], target)
             try:
-                session.add_flags([uid], ["\\Deleted"])
-                session.uid_expunge([uid])
+                if marked_before is None:
+                    session.add_flags([uid], ["\\Deleted"])
+                    session.uid_expunge([uid])
+                else:
+                    self._expunge_alone(session, source, uid, marked_before, copied_to=target)
             except Exception:
                 log.error("UID %d was copied from %r to %r but could not be removed from %r; "
                           "it is now in both folders", uid, source, target, source)
@@ -734,6 +820,38 @@ class MailStore:
             self.listings.mark_stale(source)
             self.listings.mark_stale(target)
         log.info("moved UID %d from %r to %r", uid, source, target)
+
+    @staticmethod
+    def _marked_deleted(session: Session, folder: str, uid: int, verb: str) -> bool:
+        """Whether uid is marked \\Deleted already; Refused if another message of
+        the selected folder is (a plain EXPUNGE would take it too)."""
+        marked = session.search_uids(["DELETED"])
+        others = [u for u in marked if u != uid]
+        if others:
+            raise Refused(
+                f"UID {uid} of {folder!r} was not {verb}: the server lacks UIDPLUS and MOVE, so only a plain "
+                f"EXPUNGE could remove it, and that would also expunge the {len(others)} other message(s) "
+                f"marked \\Deleted there (UID {compact_uid_set(others)}); expunge or undelete them first")
+        return uid in marked
+
+    def _expunge_alone(self, session: Session, folder: str, uid: int, marked_before: bool,
+                       copied_to: str | None = None) -> None:
+        """Mark uid \\Deleted and EXPUNGE, on a server without UIDPLUS, only if no
+        other message of the folder is marked: checked with UID SEARCH DELETED
+        right before the EXPUNGE. Otherwise uid gets its flags back and Refused.
+        What stays open: another client marking a message in the moment
+        between that search and the EXPUNGE (IMAP has no conditional EXPUNGE)."""
+        if not marked_before:
+            session.add_flags([uid], ["\\Deleted"])
+        try:
+            self._marked_deleted(session, folder, uid, "removed")
+        except Refused as exc:
+            if not marked_before:
+                session.remove_flags([uid], ["\\Deleted"])
+            if copied_to is None:
+                raise
+            raise Refused(f"{exc}; it was copied to {copied_to!r} first and is now in both folders") from None
+        session.expunge()
 
     def find_trash_folder(self) -> str | None:
         """The folder with the \\Trash special-use attribute, else one named Trash, else None."""
@@ -777,10 +895,12 @@ class MailStore:
                               "it is not expunged by the same command (run rm again to empty Trash)")
 
         def work(session: Session) -> None:
-            if not session.has("UIDPLUS"):
-                raise NotSupported("the server lacks UIDPLUS: expunging one message would expunge every "
-                                   "message marked deleted, so imapfs refuses")
             self._select_for_write(session, folder, uidvalidity, uid)
+            if not session.has("UIDPLUS"):
+                # The refusal, if any, comes before anything changed.
+                marked_before = self._marked_deleted(session, folder, uid, "expunged")
+                self._expunge_alone(session, folder, uid, marked_before)
+                return
             session.add_flags([uid], ["\\Deleted"])
             session.uid_expunge([uid])
 
@@ -811,8 +931,25 @@ class MailStore:
             self.listings.mark_stale(folder)
 
     def create_folder(self, name: str) -> None:
+        """CREATE a folder; NotPermitted when the server will not have it there.
+
+        Servers whose personal namespace has a prefix (Courier and Cyrus
+        with Debian's defaults: "INBOX.") refuse names outside it. Such a
+        name is refused here, before asking, naming the one that would work;
+        a CREATE the server refuses for any other reason is NotPermitted too,
+        with the server's words, since asking again changes nothing.
+        """
+        def work(session: Session) -> None:
+            _check_namespace(session.namespace(), name)
+            try:
+                session.create_folder(name)
+            except (AlreadyExists, QuotaError):
+                raise
+            except ProtocolError as exc:
+                raise NotPermitted(f"the server refused to create folder {name!r}: {exc}") from exc
+
         try:
-            self.pool.run(lambda s: s.create_folder(name), idempotent=False)
+            self.pool.run(work, idempotent=False)
         finally:
             self.listings.invalidate_folders()
         log.info("created folder %r", name)
@@ -853,6 +990,28 @@ class Found(NamedTuple):
 
     uidvalidity: int
     uids: tuple[int, ...]
+
+
+def _check_namespace(namespaces: Namespaces, name: str) -> None:
+    """NotPermitted for a new folder name outside every namespace, when no
+    personal namespace has an empty prefix: the server would refuse it
+    (Dovecot: "Client tried to access nonexistent namespace"), and the
+    message can say what to make instead. INBOX itself and its prefix are
+    matched without regard to case, as RFC 3501 5.1 reads INBOX."""
+    if not namespaces.personal or any(not prefix for prefix, _ in namespaces.personal):
+        return  # the server's own answer will do
+
+    def within(prefix: str) -> bool:
+        bare = prefix[:-1] if prefix and prefix[-1:] in {d for _, d in namespaces.all() if d} else prefix
+        if prefix.upper().startswith("INBOX"):
+            return name.upper().startswith(prefix.upper()) or name.upper() == bare.upper()
+        return name.startswith(prefix) or name == bare
+
+    if name.upper() == "INBOX" or any(within(prefix) for prefix, _ in namespaces.all()):
+        return
+    prefix = namespaces.personal[0][0]
+    raise NotPermitted(f"this server keeps personal folders under {prefix!r} (its NAMESPACE) and refuses "
+                       f"{name!r}; make it inside that folder instead, as {prefix + name!r}")
 
 
 _FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}

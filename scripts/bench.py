@@ -17,9 +17,9 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
 5. warm grep (same mount again) / grep over a local copy of the same messages;
 6. ``head -c 4096`` of a 50 MB message (fresh mount, folder listed first) / its full raw fetch;
 7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio);
-8. cold ``ls .search/TOKEN/bench2k`` (a fresh mount -o ro: the server searches every
+9. cold ``ls .search/TOKEN/bench2k`` (a fresh mount -o ro: the server searches every
    folder, imapfs lists only the folder that matches) / row 3's cold ``grep -rl TOKEN``,
-   the same answer got by reading every body. Row 8s is its floor: one imapclient
+   the same answer got by reading every body. Row 9s is its floor: one imapclient
    connection, SELECT and UID SEARCH TEXT TOKEN in every folder, one after another.
    With ``--fts xapian`` the bench Dovecot indexes its mail (dovecot-fts-xapian), as
    a provider's server does, and the searches use the index.
@@ -354,6 +354,14 @@ def vm_rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory of a process so far, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM for process {pid}")
 
 
 def libfuse_mapped(pid: int) -> str:
@@ -843,7 +851,7 @@ class Bench:
         self.mounts = 0
         self.log_paths: list[Path] = []
         self.notes: list[str] = []  # what a step found worth saying under the table
-        self.cold_grep: Row | None = None  # row 3, the baseline of row 8 (grep runs before search)
+        self.cold_grep: Row | None = None  # row 3, the baseline of row 9 (grep runs before search)
         self.grep_hits: list[str] = []  # the file names row 3's grep found
 
     def mount(self, label: str, read_only: bool = False) -> Mount:
@@ -1014,11 +1022,11 @@ class Bench:
         return [cold, cold_rw, cold_floor, vs_mbsync, warm, warm_rw, warm_floor]
 
     def search(self) -> list[Row]:
-        """Rows 8 and 8s: a server-side search through .search/ against the cold grep of row 3."""
+        """Rows 9 and 9s: a server-side search through .search/ against the cold grep of row 3."""
         matches = self.scale.grep_matches
-        row = Row("8", "cold `ls .search/TOKEN/` (all folders searched)", "fresh mount -o ro",
+        row = Row("9", "cold `ls .search/TOKEN/` (all folders searched)", "fresh mount -o ro",
                   "row 3's cold `grep -rl`", 0.1, 0.3)
-        floor = Row("8s", "server-side search alone", "1 conn, UID SEARCH in every folder",
+        floor = Row("9s", "server-side search alone", "1 conn, UID SEARCH in every folder",
                     row.baseline, None, None, measured="imapclient")
         # A bare word: TEXT, as grep looks at the whole message. An fts index holds words, and
         # the token's dashes split it into four: there, the four words (each TEXT), which
@@ -1075,6 +1083,51 @@ class Bench:
                 row.subject_times.append(elapsed)
         return [row]
 
+    def filing(self) -> list[Row]:
+        """Rows 8 and 8m: cp of a big message into a folder against imapclient's APPEND of it; its memory."""
+        size_mb = self.scale.big_bytes / (1024 * 1024)
+        row = Row("8", f"`cp` of a {size_mb:g} MB message into a folder", "fresh mount, listed",
+                  "imapclient APPEND of the same bytes", 1.5, 3)
+        memory = Row("8m", "imapfs peak RSS growth during that `cp`", "VmHWM - VmRSS before", "-", 64, 128,
+                     unit="MB")
+        source = self.workdir / "filing-source.eml"
+        source.write_bytes(big_message(self.scale.big_bytes).replace(b"big message", b"filed message", 1))
+        expected = source.read_bytes()
+
+        def fresh_folder(run: int, kind: str) -> str:
+            name = f"bench-filing-{kind}-{run}-{os.getpid()}"
+            with floor_client(self.server) as client:
+                if client.folder_exists(name):
+                    client.delete_folder(name)
+                client.create_folder(name)
+            return name
+
+        def stored(name: str) -> int:
+            with floor_client(self.server) as client:
+                client.select_folder(name, readonly=True)
+                uids = client.search("ALL")
+                sizes = [d[b"RFC822.SIZE"] for d in client.fetch(uids, ["RFC822.SIZE"]).values()] if uids else []
+                client.delete_folder(name)
+            return sizes[0] if len(sizes) == 1 else -len(sizes)
+
+        for run in range(self.repeat):
+            name = fresh_folder(run, "raw")
+            with floor_client(self.server) as client:
+                started = time.perf_counter()
+                client.append(name, expected)
+                row.baseline_times.append(time.perf_counter() - started)
+            expect("one message of the source's size after the raw APPEND", stored(name), len(expected))
+        for run in range(self.repeat):
+            name = fresh_folder(run, "cp")
+            with self.mount("filing") as mount:
+                os.listdir(mount.mountpoint / name)
+                before = vm_rss_mb(mount.pid)
+                elapsed, _ = run_tool(["cp", source, mount.mountpoint / name / "filed.eml"])
+                memory.subject_times.append(vm_hwm_mb(mount.pid) - before)
+                row.subject_times.append(elapsed)
+            expect("one message of the source's size after cp", stored(name), len(expected))
+        return [row, memory]
+
     def log_notes(self) -> list[str]:
         """What imapfs logged above INFO: the first hint when a ratio is off."""
         notes: list[str] = []
@@ -1124,7 +1177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "would (default 0: loopback as it is)")
     parser.add_argument("--fts", choices=("xapian",),
                         help="the bench Dovecot indexes its mail for full-text search (needs dovecot-fts-xapian); "
-                             "rows 8 and 8s then measure an indexed server")
+                             "rows 9 and 9s then measure an indexed server")
     parser.add_argument("--strict", action="store_true", help="exit 3 if any measure fails its limit")
     # Internal: the floor filesystem's own process (FloorMount starts it).
     parser.add_argument("--serve-floor-fs", nargs=2, type=Path, metavar=("DATA", "MOUNTPOINT"), help=argparse.SUPPRESS)
@@ -1187,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
                 measured.imaps_port = proxy.port
             bench = Bench(measured, scale, args.repeat, workdir, args.mount_options)
             rows: list[Row] = []
-            for step in (bench.listing, bench.grep, bench.search, bench.big):
+            for step in (bench.listing, bench.grep, bench.search, bench.big, bench.filing):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
                 rows += step()
             notes = bench.notes + bench.log_notes()

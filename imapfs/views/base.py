@@ -1,8 +1,9 @@
 """What a view hands the FUSE edge: four kinds of node, and the View interface.
 
 fs.py knows these nodes and nothing of any layout: a directory (DirNode), a
-stored message (MessageRef), a file being written (NewFile) and the name a
-file was written under after it was stored (Alias). A view maps path parts
+stored message (MessageRef), a file being written (NewFile), the name a
+file was written under after it was stored (Alias), and a read-only file
+whose bytes a view derives from stored mail (DerivedFile). A view maps path parts
 (the path split on "/", without the view's own prefix) to nodes, lists
 directories, and carries out the changes its layout allows; what it does
 not allow it refuses with an imapfs error (NotSupported by default).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from imapfs.errors import ImapFSError, NotSupported
@@ -84,7 +85,30 @@ class Alias:
     mtime_ns: int
 
 
-Node = DirNode | MessageRef | NewFile | Alias
+@dataclass
+class DerivedFile:
+    """A read-only file a view makes from stored mail: a message's text as a
+    person reads it, its header block, one attachment decoded.
+
+    Its length is often unknown until its bytes are made (rendering needs
+    the body), so ``size`` is exact only when ``size_known``; until then it
+    is an upper bound, and the FUSE edge reads such a file direct (no page
+    cache clamping reads at a size that is not yet the real one). ``key``
+    names the bytes for good (they derive from an immutable message), so
+    the kernel may cache them while the key behind a path stays the same.
+    """
+
+    key: Hashable
+    size: int
+    size_known: bool
+    mtime_ns: int
+    read: Callable[[int, int], bytes]  # (offset, size) -> bytes, fewer only at the end
+    # Makes the bytes now (fetching what they need) and returns their exact
+    # length: called at open, so a reader's stat after open can be right.
+    prepare: Callable[[], int] | None = None
+
+
+Node = DirNode | MessageRef | NewFile | Alias | DerivedFile
 
 
 class View:
@@ -107,6 +131,12 @@ class View:
         """When the directory's entries last changed, or None for "mount time"."""
         return None
 
+    def dir_permissions(self, node: DirNode) -> int:
+        """Permission bits the directory may show at most (the mount narrows
+        them further, e.g. read-only). The freedesktop trash directory must
+        be 0700, or GIO and KIO take it for someone else's."""
+        return 0o777
+
     # --- changes; refused unless the layout gives them a meaning ------------
     def create(self, parts: Parts, creator: int) -> NewFile:
         raise NotSupported("files cannot be created here")
@@ -124,6 +154,17 @@ class View:
     def rename(self, old: Parts, node: Node, new: Parts) -> None:
         raise NotSupported("nothing can be renamed here")
 
+    # --- renames between views (the composite root calls these) -----------
+    def receive(self, source: View, node: Node, new: Parts) -> None:
+        """rename(2) of source's node to new in this view: what that means is
+        the target's to say (into the desktop trash: a MOVE to \\Trash; back
+        into a folder: a MOVE there). ``source.message(node)`` gives the
+        stored message, whatever view it came from."""
+        raise NotSupported("nothing can be moved here from that view")
+
+    def released(self, parts: Parts, node: Node) -> None:
+        """node was moved into another view: forget names that still point at it."""
+
     def mkdir(self, parts: Parts) -> None:
         raise NotSupported("no directory can be made here")
 
@@ -135,6 +176,8 @@ class View:
         layout can, refused on a stored message (it would be a lie)."""
         if isinstance(node, MessageRef):
             raise NotSupported("a message's time is its INTERNALDATE")
+        if isinstance(node, DerivedFile):
+            raise NotSupported("a file derived from a message has the message's time")
 
     # --- what the kernel must forget when the server's state moves ----------
     def folder_paths(self, folder: Folder) -> list[Parts]:

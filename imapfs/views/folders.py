@@ -16,10 +16,10 @@ import threading
 import time
 from collections.abc import Hashable
 
-from cachetools import TTLCache
+from cachetools import LRUCache
 
 from imapfs import filing, names, rfc5322
-from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotSupported
+from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotMail, NotSupported
 from imapfs.model import Folder
 from imapfs.spool import Spool
 from imapfs.store import MailStore
@@ -27,8 +27,8 @@ from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, 
 
 log = logging.getLogger(__name__)
 
-# How long the name a file was written under keeps resolving after its APPEND.
-ALIAS_SECONDS = 300
+# Names files were written under, kept for the mount's life (at most this many).
+MAX_ALIASES = 100_000
 
 
 class FoldersView(View):
@@ -39,7 +39,10 @@ class FoldersView(View):
         self._spool_dir = spool_dir
         self._lock = threading.Lock()  # guards _new_files, _aliases, _tree_source, _tree, _entries_cache
         self._new_files: dict[tuple[str, str], NewFile] = {}
-        self._aliases: TTLCache[tuple[str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
+        # The name a file was written under resolves, with the size it reads
+        # with and the time a tool set on it, for as long as the mount lives:
+        # rsync -rt compares both on its next run.
+        self._aliases: LRUCache[tuple[str, str], Alias] = LRUCache(maxsize=MAX_ALIASES)
         self._tree_source: list[Folder] | None = None
         self._tree = DirNode(folder=None)
         # (parts, node, listing, size epoch, new files) of the last directory listed, and its entries.
@@ -55,13 +58,7 @@ class FoldersView(View):
             return self._tree
 
     def _dir(self, parts: Parts) -> DirNode | None:
-        node = self._root()
-        for part in parts:
-            child = node.children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
+        return walk(self._root(), parts)
 
     def _parent_folder(self, parts: Parts) -> tuple[Folder, str]:
         """The selectable folder a file path lives in, and the file name."""
@@ -98,14 +95,7 @@ class FoldersView(View):
         return MessageRef(folder, listing.uidvalidity, meta)
 
     def message(self, node: Node) -> MessageRef | None:
-        if isinstance(node, MessageRef):
-            return node
-        if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
-            listing = self.store.listing(node.folder.name)
-            meta = listing.messages.get(node.uid)
-            if meta is not None and listing.uidvalidity == node.uidvalidity:
-                return MessageRef(node.folder, listing.uidvalidity, meta)
-        return None
+        return message_behind(self.store, node)
 
     def dir_mtime_ns(self, node: DirNode) -> int | None:
         return dir_mtime_ns(self.store, node)
@@ -136,6 +126,7 @@ class FoldersView(View):
 
     # --- messages in -----------------------------------------------------
     def create(self, parts: Parts, creator: int) -> NewFile:
+        refuse_tool_name(parts, directory=False)
         folder, name = self._parent_folder(parts)
         new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir), owner=self,
                       creator=creator, handles=1)
@@ -164,6 +155,11 @@ class FoldersView(View):
         with self._lock:
             # The size the server stores (line endings CRLF), which the message will read with.
             self._aliases[(new.folder.name, new.name)] = Alias(new.folder, uid, uidvalidity, literal.size, mtime_ns)
+
+    def set_times(self, node: Node, mtime_ns: int | None) -> None:
+        super().set_times(node, mtime_ns)
+        if isinstance(node, Alias) and mtime_ns is not None:
+            node.mtime_ns = mtime_ns
 
     def forget(self, new: NewFile) -> None:
         with self._lock:
@@ -207,6 +203,25 @@ class FoldersView(View):
         self.store.move(old_folder.name, ref.uidvalidity, ref.meta.uid, new_folder.name)
         self._forget_aliases_of(ref)
 
+    def receive(self, source: View, node: Node, new: Parts) -> None:
+        """A message renamed here from another view (restored from the
+        desktop trash): MOVE it into the target's folder. Its name there is
+        derived from it, as for any message, whatever name the tool chose."""
+        ref = source.message(node)
+        if ref is None:
+            raise NotSupported("only messages can be moved into a folder from there")
+        folder, _ = self._parent_folder(new)
+        self.store.move(ref.folder.name, ref.uidvalidity, ref.meta.uid, folder.name)
+
+    def released(self, parts: Parts, node: Node) -> None:
+        ref = self.message(node)
+        if ref is not None:
+            self._forget_aliases_of(ref)
+        elif isinstance(node, Alias):
+            with self._lock:
+                if self._aliases.get((node.folder.name, parts[-1])) is node:
+                    self._aliases.pop((node.folder.name, parts[-1]), None)
+
     def _rename_written(self, source: NewFile | Alias, old_name: str, new_name: str) -> None:
         """rsync and mail tools write a temp name, then rename it: follow the
         name, and apply flags the new Maildir-style name carries."""
@@ -231,6 +246,7 @@ class FoldersView(View):
             raise NotSupported("a level that is no IMAP folder has nothing to rename")
         if not new or self._dir(new) is not None:
             raise AlreadyExists("/".join(new))
+        refuse_tool_name(new, directory=True)
         if self._dir(new[:-1]) is None:
             raise NotFound("/".join(new))
         self.store.rename_folder(node.folder.name, folder_name(new, node.folder.delimiter))
@@ -239,15 +255,10 @@ class FoldersView(View):
     def mkdir(self, parts: Parts) -> None:
         if self._dir(parts) is not None:
             raise AlreadyExists("/".join(parts))
+        refuse_tool_name(parts, directory=True)
         if self._dir(parts[:-1]) is None:
             raise NotFound("/".join(parts))
-        self.store.create_folder(folder_name(parts, self._delimiter()))
-
-    def _delimiter(self) -> str | None:
-        for folder in self.store.folders():
-            if folder.delimiter:
-                return folder.delimiter
-        return None
+        self.store.create_folder(folder_name(parts, delimiter_of(self.store)))
 
     def rmdir(self, parts: Parts, node: DirNode) -> None:
         if node.children:
@@ -263,6 +274,36 @@ class FoldersView(View):
     def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
         directory = tuple(names.folder_to_parts(folder.name, folder.delimiter))
         return [(*directory, name) for name in filenames]
+
+
+def walk(root: DirNode, parts: Parts) -> DirNode | None:
+    node = root
+    for part in parts:
+        child = node.children.get(part)
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+def message_behind(store: MailStore, node: Node) -> MessageRef | None:
+    """The stored message a node stands for: itself, or the one an Alias names (if still there)."""
+    if isinstance(node, MessageRef):
+        return node
+    if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
+        listing = store.listing(node.folder.name)
+        meta = listing.messages.get(node.uid)
+        if meta is not None and listing.uidvalidity == node.uidvalidity:
+            return MessageRef(node.folder, listing.uidvalidity, meta)
+    return None
+
+
+def delimiter_of(store: MailStore) -> str | None:
+    """The hierarchy delimiter new folders get: the first the server reports."""
+    for folder in store.folders():
+        if folder.delimiter:
+            return folder.delimiter
+    return None
 
 
 def folder_name(parts: Parts, delimiter: str | None) -> str:
@@ -292,6 +333,16 @@ def dir_mtime_ns(store: MailStore, node: DirNode) -> int | None:
     if listing is not None and listing.stale:
         listing = store.listing(node.folder.name)
     return listing.changed_ns if listing is not None else None
+
+
+def refuse_tool_name(parts: Parts, directory: bool) -> None:
+    """Refuse (NotMail: EPERM, one log line at the FUSE edge) a name that is
+    a tool's own state (names.tool_file_reason), before anything reaches the
+    server: notmuch made the folders .notmuch and .notmuch/xapian, Finder
+    would file .DS_Store as a message."""
+    reason = names.tool_file_reason(parts[-1], directory) if parts else None
+    if reason:
+        raise NotMail(f"{reason}; nothing was stored on the server")
 
 
 def build_tree(folders: list[Folder]) -> DirNode:

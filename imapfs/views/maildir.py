@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 from imapfs import filing, names
 from imapfs.errors import AlreadyExists, NotEmpty, NotFound, NotSupported
@@ -41,7 +41,15 @@ from imapfs.model import Folder, MessageMeta
 from imapfs.spool import Spool
 from imapfs.store import MailStore
 from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
-from imapfs.views.folders import build_tree, dir_mtime_ns, folder_name
+from imapfs.views.folders import (
+    build_tree,
+    delimiter_of,
+    dir_mtime_ns,
+    folder_name,
+    message_behind,
+    refuse_tool_name,
+    walk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +60,6 @@ _NAME_RE = re.compile(r"(\d+)\.V(\d+)U(\d+)\.imapfs(?::2,([A-Za-z]*))?")
 _INFO_RE = re.compile(r":2,([A-Za-z]*)$")
 # How long a folder made here waits for its cur/, new/ and tmp/ to be made.
 FRESH_SECONDS = 60.0
-# How long a delivered name keeps resolving, for the tool that delivered it.
-ALIAS_SECONDS = 600
 
 
 def letters_of(flags: tuple[str, ...]) -> str:
@@ -85,7 +91,7 @@ class MaildirView(View):
         self._acknowledged: LRUCache[tuple[str, int, int], bool] = LRUCache(maxsize=200_000)
         self._tmp: dict[tuple[str, str], NewFile] = {}  # (folder, name) in tmp/: being written or kept
         self._writing: dict[tuple[str, str, str], NewFile] = {}  # (folder, role, name) written into cur/new
-        self._aliases: TTLCache[tuple[str, str, str], Alias] = TTLCache(maxsize=100_000, ttl=ALIAS_SECONDS)
+        self._aliases: LRUCache[tuple[str, str, str], Alias] = LRUCache(maxsize=100_000)  # delivered names
         self._fresh: dict[str, tuple[float, set[str]]] = {}  # folder made here -> (when, roles made so far)
         # A message delivered here lists under the unique part the tool gave it
         # (a Maildir tool expects its file to stay where it put it):
@@ -126,13 +132,7 @@ class MaildirView(View):
         return root
 
     def _dir(self, parts: Parts) -> DirNode | None:
-        node = self._root()
-        for part in parts:
-            child = node.children.get(part)
-            if child is None:
-                return None
-            node = child
-        return node
+        return walk(self._root(), parts)
 
     def _role_dir(self, parts: Parts) -> DirNode:
         """The cur/, new/ or tmp/ directory a file path lives in."""
@@ -193,14 +193,7 @@ class MaildirView(View):
         return MessageRef(parent.folder, listing.uidvalidity, meta)
 
     def message(self, node: Node) -> MessageRef | None:
-        if isinstance(node, MessageRef):
-            return node
-        if isinstance(node, Alias) and node.uid is not None and node.uidvalidity is not None:
-            listing = self.store.listing(node.folder.name)
-            meta = listing.messages.get(node.uid)
-            if meta is not None and listing.uidvalidity == node.uidvalidity:
-                return MessageRef(node.folder, listing.uidvalidity, meta)
-        return None
+        return message_behind(self.store, node)
 
     def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
         if not node.role or node.folder is None:
@@ -236,6 +229,7 @@ class MaildirView(View):
             raise NotSupported("in a Maildir, files go in tmp/, new/ or cur/")
         parent = self._role_dir(parts)
         assert parent.folder is not None
+        refuse_tool_name(parts, directory=False)
         folder, name = parent.folder, parts[-1]
         new = NewFile(folder=folder, name=name, spool=Spool(directory=self._spool_dir), owner=self,
                       creator=creator, role=parent.role, handles=1)
@@ -348,6 +342,18 @@ class MaildirView(View):
             with self._lock:
                 self._acknowledged[(ref.folder.name, ref.uidvalidity, ref.meta.uid)] = True
 
+    def receive(self, source: View, node: Node, new: Parts) -> None:
+        """A message renamed here from another view (restored from the desktop
+        trash): MOVE it into the folder whose cur/ or new/ it lands in."""
+        ref = source.message(node)
+        if ref is None:
+            raise NotSupported("only messages can be moved into a Maildir from there")
+        target = self._role_dir(new)
+        assert target.folder is not None
+        if target.role == "tmp":
+            raise NotSupported("a filed message cannot go to tmp/")
+        self.store.move(ref.folder.name, ref.uidvalidity, ref.meta.uid, target.folder.name)
+
     def _rename_new_file(self, new: NewFile, target: DirNode, name: str) -> None:
         assert target.folder is not None
         with new.lock:
@@ -382,21 +388,11 @@ class MaildirView(View):
             return
         if parent.role:
             raise NotSupported("folders cannot be made inside cur/, new/ or tmp/")
-        if parts[-1].startswith("."):
-            # .notmuch, .Trash, .directory: a tool's own store, which would
-            # become an IMAP folder that every other mail client shows.
-            raise NotSupported(f"{parts[-1]!r} is a tool's own directory, not a mail folder; "
-                               "imapfs makes no folder of it")
-        name = folder_name(parts, self._delimiter())
+        refuse_tool_name(parts, directory=True)  # .notmuch and the like: no IMAP folder of them
+        name = folder_name(parts, delimiter_of(self.store))
         self.store.create_folder(name)
         with self._lock:
             self._fresh[name] = (time.monotonic(), set())
-
-    def _delimiter(self) -> str | None:
-        for folder in self.store.folders():
-            if folder.delimiter:
-                return folder.delimiter
-        return None
 
     def rmdir(self, parts: Parts, node: DirNode) -> None:
         if node.role:

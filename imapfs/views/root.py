@@ -25,13 +25,20 @@ class CompositeRoot:
             return self.hidden[parts[0]], parts[1:]
         return self.main, parts
 
-    def route_pair(self, old: Parts, new: Parts) -> tuple[View, Parts, Parts]:
-        """For a rename: both paths must lie in one view."""
+    def rename(self, old: Parts, new: Parts) -> None:
+        """rename(2): within one view, that view's rename; between views, the
+        target receives the source's node (GIO's "Move to Trash" renames a
+        folder's message into .Trash-UID/files/) and the source forgets it."""
         view, old_inside = self.route(old)
-        other, new_inside = self.route(new)
-        if other is not view:
-            raise NotSupported("cannot move between these views")
-        return view, old_inside, new_inside
+        target, new_inside = self.route(new)
+        node = view.resolve(old_inside)
+        if target is view:
+            view.rename(old_inside, node, new_inside)
+            return
+        if not new_inside:
+            raise NotSupported("a view's own root cannot be replaced")
+        target.receive(view, node, new_inside)
+        view.released(old_inside, node)
 
     def resolve(self, parts: Parts) -> tuple[View, Parts, Node]:
         view, inside = self.route(parts)

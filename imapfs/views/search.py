@@ -16,9 +16,11 @@ Decisions:
   recent queries would show results that are stale by design, and a tool
   walking .search would run every one of them again.
 - ``rm`` of a result acts on the real message (to Trash, as in the folder
-  view). ``mv`` between two folder directories of one result moves the real
-  message there; other renames, and moves out of .search, are refused
-  (EPERM): the result directory is not where a message can be filed.
+  view). ``mv`` into a folder directory of the mount is that view's
+  ``receive`` (a MOVE of the real message, root.CompositeRoot.rename);
+  ``mv`` between two folder directories of one result moves it there too;
+  renaming in place, or into another query, is refused (EPERM): a result
+  directory is not where a message can be filed by name.
 - A query that does not parse fails its lookup with EINVAL, and fs.py logs the
   reason (imapfs.query says what is wrong).
 """

@@ -10,8 +10,10 @@ mbox From_ line").
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
+from pathlib import Path
 
 from tests.integration.helpers import server_messages, sh
 
@@ -125,3 +127,24 @@ def test_text_beginning_with_from_is_still_refused_at_the_first_write(imap, fres
               check=False)
     assert done.returncode != 0
     assert stored(imap, fresh_folder) == []
+
+
+def test_real_git_format_patch_output_and_gio_copy_file_in(imap, fresh_folder, mount, tmp_path):
+    # Files as the real tools write them: git format-patch (a From_ line with
+    # git's magic date), copied in by a file manager's gio copy.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=Alice", "-c", "user.email=alice@example.org"]
+    sh(*git, "init", "-q")
+    (repo / "notes.txt").write_text(f"From now on, {uuid.uuid4().hex}\n")  # a body line starting "From "
+    sh(*git, "add", "notes.txt")
+    sh(*git, "commit", "-q", "-m", "Add notes", env={**os.environ, "GIT_AUTHOR_DATE": "2024-03-05T14:32:00+0100",
+                                                      "GIT_COMMITTER_DATE": "2024-03-05T14:32:00+0100"})
+    [patch] = sh(*git, "format-patch", "-1", "-o", str(tmp_path / "out")).stdout.decode().split()
+    raw = Path(patch).read_bytes()
+    assert raw.startswith(b"From ") and b"Mon Sep 17 00:00:00 2001" in raw.split(b"\n", 1)[0]
+    m = mount()
+    sh("gio", "copy", patch, m.path / fresh_folder)
+    [body] = stored(imap, fresh_folder)
+    assert not body.startswith(b"From ") and body.startswith(b"From: Alice <alice@example.org>\r\n")
+    assert b"Subject: [PATCH] Add notes\r\n" in body and b"+From now on, " in body

@@ -171,3 +171,20 @@ def test_search_sees_new_mail_and_rm_acts_on_the_real_message(dovecot, imap, fre
     os.unlink(top / victim)
     assert uid not in server_messages(imap, fresh_folder)
     assert len(os.listdir(top)) == 1
+
+
+def test_mv_out_of_a_result_into_a_folder_moves_the_real_message(dovecot, imap, fresh_folder, mount):
+    dovecot.create_folder(f"{fresh_folder}/Archive")
+    uid = dovecot.append(fresh_folder, message("move me needle", "a"))
+    dovecot.append(fresh_folder, message("stay", "b"))
+    m = mount()
+    top = m.path / ".search" / f"subject:needle in:{fresh_folder}" / fresh_folder
+    (name,) = os.listdir(top)
+    assert names.uid_from_filename(name) == uid
+    sh("mv", top / name, m.path / fresh_folder / "Archive" / "")
+    moved = server_messages(imap, f"{fresh_folder}/Archive")
+    assert [d["body"] for d in moved.values()] == [message("move me needle", "a")]
+    assert uid not in server_messages(imap, fresh_folder)
+    # The result now finds it in Archive (under in:, a subfolder), and no longer where it was.
+    assert _shown(m.path / ".search" / f"subject:needle in:{fresh_folder}") == {
+        f"{fresh_folder}/Archive": set(moved)}

@@ -362,3 +362,27 @@ def test_other_users_may_read_an_allow_other_mount_but_never_write(dovecot, imap
                 leftover.unlink()
         with contextlib.suppress(OSError):
             base.rmdir()
+
+
+def test_cp_twice_to_one_name_succeeds_and_leaves_one_copy(imap, fresh_folder, mount, tmp_path):
+    raw = message("copied twice", uuid.uuid4().hex).replace(b"\r\n", b"\n")
+    source = tmp_path / "twice.eml"
+    source.write_bytes(raw)
+    m = mount()
+    sh("cp", source, m.path / fresh_folder)
+    sh("cp", source, m.path / fresh_folder)  # the written name is written again
+    sh("cp", "-n", source, m.path / fresh_folder)
+    assert bodies(imap, fresh_folder) == [crlf(raw)]
+
+
+def test_rsync_rt_twice_transfers_nothing_the_second_time(imap, fresh_folder, mount, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    raws = [message(f"rsync twice {i}", uuid.uuid4().hex) for i in range(8)]  # CRLF: sizes match the server's
+    for i, raw in enumerate(raws):
+        (src / f"m{i}.eml").write_bytes(raw)
+    m = mount()
+    sh("rsync", "-rt", f"{src}/", f"{m.path / fresh_folder}/")
+    second = sh("rsync", "-rt", "--stats", f"{src}/", f"{m.path / fresh_folder}/").stdout.decode()
+    assert "Number of regular files transferred: 0" in second, second
+    assert sorted(bodies(imap, fresh_folder)) == sorted(raws)

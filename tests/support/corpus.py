@@ -15,6 +15,7 @@ import datetime
 import email.policy
 import email.utils
 import functools
+import quopri
 import random
 import struct
 import zlib
@@ -263,6 +264,118 @@ def bad_input_message(corpus_id: str) -> bytes:
     return dict(_bad_input_messages())[corpus_id]
 
 
+# ---------------------------------------------------------------------- MIME, for .text and .parts
+
+MIME_SMALL_ATTACHMENT = 20 * 1024
+MIME_BIG_ATTACHMENT = 30 * 1024 * 1024
+
+
+def _mime(corpus_id: str, index: int, subject: bytes, content_type: bytes, body: bytes,
+          extra_headers: tuple[bytes, ...] = ()) -> tuple[str, bytes]:
+    return corpus_id, _message(corpus_id, 200 + index, subject=subject, content_type=content_type, body=body,
+                               extra_headers=extra_headers)
+
+
+def _qp(text: str, charset: str = "utf-8") -> bytes:
+    """Quoted-printable with CRLF line endings (soft breaks included)."""
+    return quopri.encodestring(text.encode(charset)).replace(b"\n", b"\r\n")
+
+
+@functools.lru_cache(maxsize=1)
+def _mime_messages() -> tuple[tuple[str, bytes], ...]:
+    rng = random.Random(SEED + 2)
+    small = rng.randbytes(MIME_SMALL_ATTACHMENT)
+    messages = [
+        # Encoded subjects in several charsets, each with a plain body naming the city.
+        _mime("mime-subject-latin1-q", 0, b"=?iso-8859-1?Q?Gr=FC=DFe_aus_Z=FCrich?=",
+              b"text/plain; charset=us-ascii", b"Plain ASCII body.\r\n"),
+        _mime("mime-subject-utf8-b", 1, _encoded_word("Treffen in Zürich am Montag", "utf-8"),
+              b"text/plain; charset=us-ascii", b"Nothing non-ASCII here.\r\n"),
+        _mime("mime-subject-win1251", 2, _encoded_word("Отчёт о поездке", "windows-1251"),
+              b"text/plain; charset=windows-1251", "Встреча в Цюрихе прошла хорошо.\r\n".encode("windows-1251")),
+        _mime("mime-subject-big5", 3, _encoded_word("蘇黎世會議", "big5"),
+              b"text/plain; charset=big5", "會議記錄\r\n".encode("big5")),
+        # Bodies: quoted-printable (latin-1 and utf-8), base64.
+        _mime("mime-body-qp-latin1", 4, b"Quoted-printable, latin-1",
+              b"text/plain; charset=iso-8859-1", _qp("Wir treffen uns in Zürich, Bahnhofstraße 12.\n", "latin-1"),
+              (b"Content-Transfer-Encoding: quoted-printable",)),
+        _mime("mime-body-qp-utf8", 5, b"Quoted-printable, utf-8",
+              b"text/plain; charset=utf-8", _qp("Une très longue ligne " * 8 + "se termine à Genève.\n"),
+              (b"Content-Transfer-Encoding: quoted-printable",)),
+        _mime("mime-body-base64", 6, b"Base64 body", b"text/plain; charset=utf-8",
+              _b64_lines("Das Büro in Zürich ist geschlossen.\r\n".encode()),
+              (b"Content-Transfer-Encoding: base64",)),
+        # HTML only (base64, with entities, a script and a link).
+        _mime("mime-html-only", 7, b"HTML only", b"text/html; charset=utf-8", _b64_lines(
+            b"<html><head><style>p {color: red}</style><script>var hidden = 'scriptword';</script></head>"
+            b"<body><h1>Einladung</h1><p>Gr&uuml;&szlig;e aus <b>Z&#252;rich</b>!</p>"
+            b"<ul><li>erstens</li><li>zweitens</li></ul>"
+            b"<p><a href=\"https://example.org/anmeldung\">Anmelden</a></p></body></html>\r\n"),
+            (b"Content-Transfer-Encoding: base64",)),
+        # Nested multiparts: mixed(alternative(plain, related(html, image)), attachment with an RFC 2231 name).
+        _mime("mime-nested", 8, b"Nested multiparts", b'multipart/mixed; boundary="outer"', (
+            b"--outer\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n"
+            b"--alt\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + _qp("Plain alternative: Zürich plain.\n") +
+            b"--alt\r\nContent-Type: multipart/related; boundary=\"rel\"\r\n\r\n"
+            b"--rel\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>HTML alternative: htmlonlyword</p>\r\n"
+            b"--rel\r\nContent-Type: image/png\r\nContent-ID: <img1>\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + _b64_lines(_png_attachment()) + b"--rel--\r\n"
+            b"--alt--\r\n"
+            b"--outer\r\nContent-Type: application/pdf\r\n"
+            b"Content-Disposition: attachment;\r\n filename*0*=utf-8''Z%C3%BCrich%20Bericht;\r\n"
+            b" filename*1*=%20%E2%80%94%20final.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(_pdf_attachment("Zurich")) +
+            b"--outer\r\nContent-Type: text/csv; name=\"=?utf-8?Q?K=C3=B6ln.csv?=\"\r\n"
+            b"Content-Disposition: attachment; filename=\"=?utf-8?Q?K=C3=B6ln.csv?=\"\r\n\r\n"
+            + _csv_attachment().replace(b"\n", b"\r\n") +
+            b"--outer\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"../../etc/passwd\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(b"not really\n") +
+            b"--outer\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"passwd\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + _b64_lines(b"same name twice\n") +
+            b"--outer--\r\n")),
+        # A forwarded message (message/rfc822) beside a short note.
+        _mime("mime-rfc822", 9, b"Fwd: the original", b'multipart/mixed; boundary="fwd"', (
+            b"--fwd\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee the forwarded message.\r\n"
+            b"--fwd\r\nContent-Type: message/rfc822\r\n"
+            b"Content-Disposition: attachment; filename=\"original.eml\"\r\n\r\n"
+            b"From: Zo\xc3\xab <zoe@example.de>\r\nSubject: =?utf-8?Q?Urspr=C3=BCnglich?=\r\n"
+            b"Date: Fri, 01 Mar 2024 09:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"inner\"\r\n\r\n"
+            b"--inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nInner text: forwardedword.\r\n"
+            b"--inner\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"inner.txt\"\r\n\r\n"
+            b"inner attachment\r\n--inner--\r\n"
+            b"--fwd--\r\n")),
+        # A 20 KB attachment beside a 30 MB one: reading the small one must not fetch the big one.
+        _mime("mime-big-and-small", 10, b"Big and small attachments", b'multipart/mixed; boundary="bs"', (
+            b"--bs\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nTwo attachments, bigsmallword.\r\n"
+            b"--bs\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"big.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + _b64_lines(rng.randbytes(MIME_BIG_ATTACHMENT)) +
+            b"--bs\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"small.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + _b64_lines(small) + b"--bs--\r\n")),
+    ]
+    return tuple(messages)
+
+
+def mime_messages() -> list[tuple[str, bytes]]:
+    """(id, raw) pairs for the .text and .parts views: RFC 2047 subjects in
+    latin-1, utf-8, windows-1251 and big5; quoted-printable and base64
+    bodies; HTML-only mail; nested multiparts (alternative, related, mixed);
+    RFC 2231 and RFC 2047 attachment names, a hostile one and a repeated
+    one; a message/rfc822 attachment; and a 20 KB attachment beside a 30 MB
+    one. Broken MIME is in bad_input_messages. All hand-built (no real
+    mail copied)."""
+    return list(_mime_messages())
+
+
+def mime_message(corpus_id: str) -> bytes:
+    return dict(_mime_messages())[corpus_id]
+
+
 # ---------------------------------------------------------------------- demo mail
 
 
@@ -461,5 +574,7 @@ __all__ = [
     "bad_input_messages",
     "demo_folders",
     "demo_messages",
+    "mime_message",
+    "mime_messages",
     "odd_folder_names",
 ]

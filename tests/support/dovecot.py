@@ -94,6 +94,8 @@ class Dovecot:
         imap_port: int = 0,
         max_user_connections: int = 100,
         trash_mailbox: str = "Trash",
+        namespace_prefix: str = "",
+        separator: str = "/",
         oauth2_introspection_url: str | None = None,
         oauth2_mechanisms: tuple[str, ...] = ("oauthbearer", "xoauth2"),
         fts: str | None = None,
@@ -117,6 +119,12 @@ class Dovecot:
         self.max_user_connections = max_user_connections
         #: The mailbox with the \\Trash special-use attribute (e.g. "P/Trash", as INBOX.Trash on Courier).
         self.trash_mailbox = trash_mailbox
+        #: The personal namespace: ``namespace_prefix="INBOX.", separator="."`` makes the
+        #: server keep every folder under INBOX. and refuse other names, as Courier and
+        #: Cyrus (Debian's defaults) do. Mailbox names in its config are relative to the
+        #: prefix: trash_mailbox "Trash" is then INBOX.Trash.
+        self.namespace_prefix = namespace_prefix
+        self.separator = separator
         #: When set, logins with OAUTHBEARER/XOAUTH2 are checked by Dovecot's oauth2 passdb,
         #: which POSTs the token to this URL (see tests/support/oauth2.py); the password
         #: passdb keeps serving PLAIN/LOGIN, so password logins work as before.
@@ -368,37 +376,7 @@ class Dovecot:
         self.config_file.write_text(self._config_text(uid))
 
     def _make_tls(self) -> None:
-        """A CA, a server cert for 127.0.0.1/localhost signed by it, and an unrelated CA."""
-        self.tls_dir.mkdir(mode=0o755, exist_ok=True)
-        server_cert, server_key = self.tls_dir / "server.pem", self.tls_dir / "server.key"
-        if self.ca_file.exists() and server_cert.exists() and self.other_ca_file.exists():
-            return
-        _make_ca(self.tls_dir / "ca.key", self.ca_file, "imapfs test CA")
-        _make_ca(self.tls_dir / "other-ca.key", self.other_ca_file, "imapfs unrelated CA")
-        csr = self.tls_dir / "server.csr"
-        ext = self.tls_dir / "server.ext"
-        ext.write_text(
-            "basicConstraints = critical, CA:FALSE\n"
-            "keyUsage = critical, digitalSignature, keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-            # Python 3.13's default context is X509-strict: it insists on the key identifiers.
-            "subjectKeyIdentifier = hash\n"
-            "authorityKeyIdentifier = keyid, issuer\n"
-        )
-        _openssl(
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", server_key, "-out", csr,
-            "-subj", "/CN=127.0.0.1",
-        )  # fmt: skip
-        _openssl(
-            "x509", "-req", "-in", csr, "-CA", self.ca_file, "-CAkey", self.tls_dir / "ca.key",
-            "-CAcreateserial", "-CAserial", self.tls_dir / "ca.srl", "-days", "3650", "-sha256",
-            "-extfile", ext, "-out", server_cert,
-        )  # fmt: skip
-        for key in self.tls_dir.glob("*.key"):
-            key.chmod(0o600)
-        for pem in self.tls_dir.glob("*.pem"):
-            pem.chmod(0o644)
+        make_tls(self.tls_dir)
 
     def _config_text(self, mail_uid: int) -> str:
         tls = self.tls_dir
@@ -449,8 +427,8 @@ mail_fsync = never
 
 namespace inbox {{
   inbox = yes
-  separator = /
-  prefix =
+  separator = {self.separator}
+  prefix = {self.namespace_prefix}
   mailbox "{self.trash_mailbox}" {{
     special_use = \\Trash
     auto = subscribe
@@ -604,6 +582,43 @@ def _append(
     if not match:
         raise DovecotError(f"APPEND to {folder!r} gave no APPENDUID: {response!r}")
     return int(match.group(1))
+
+
+def make_tls(tls_dir: Path) -> None:
+    """In tls_dir: a CA (ca.pem), a server cert for 127.0.0.1/localhost signed by it
+    (server.pem, server.key), and an unrelated CA (other-ca.pem); kept if already there.
+    Shared with the other test servers (imap4d.py), so one CA can verify them all."""
+    tls_dir.mkdir(mode=0o755, exist_ok=True)
+    ca_file, other_ca_file = tls_dir / "ca.pem", tls_dir / "other-ca.pem"
+    server_cert, server_key = tls_dir / "server.pem", tls_dir / "server.key"
+    if ca_file.exists() and server_cert.exists() and other_ca_file.exists():
+        return
+    _make_ca(tls_dir / "ca.key", ca_file, "imapfs test CA")
+    _make_ca(tls_dir / "other-ca.key", other_ca_file, "imapfs unrelated CA")
+    csr = tls_dir / "server.csr"
+    ext = tls_dir / "server.ext"
+    ext.write_text(
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature, keyEncipherment\n"
+        "extendedKeyUsage = serverAuth\n"
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+        # Python 3.13's default context is X509-strict: it insists on the key identifiers.
+        "subjectKeyIdentifier = hash\n"
+        "authorityKeyIdentifier = keyid, issuer\n"
+    )
+    _openssl(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", server_key, "-out", csr,
+        "-subj", "/CN=127.0.0.1",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", csr, "-CA", ca_file, "-CAkey", tls_dir / "ca.key",
+        "-CAcreateserial", "-CAserial", tls_dir / "ca.srl", "-days", "3650", "-sha256",
+        "-extfile", ext, "-out", server_cert,
+    )  # fmt: skip
+    for key in tls_dir.glob("*.key"):
+        key.chmod(0o600)
+    for pem in tls_dir.glob("*.pem"):
+        pem.chmod(0o644)
 
 
 def _openssl(*args: str | Path) -> None:

@@ -115,12 +115,16 @@ def run_bounded(command: list[str], timeout: float, **kw) -> subprocess.Complete
     without a limit; a command in D state on a hung FUSE mount does not die
     until the mount answers, so that wait can last forever. Here the command
     is killed and waited for 5 s more, then left behind (None is returned).
+    ``input`` is written to its stdin, as subprocess.run does.
     """
+    data = kw.pop("input", None)
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    if data is not None:
+        kw["stdin"] = subprocess.PIPE
     proc = subprocess.Popen(command, **kw)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input=data, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         try:

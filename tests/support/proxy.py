@@ -26,19 +26,27 @@ from pathlib import Path
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 
 
-class SizeLyingProxy:
-    def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path, understate: int) -> None:
+class TlsRelay:
+    """What the TLS-terminating relays share: a listener on a free loopback
+    port, the client's TLS ended with the test server's own certificate (so
+    imapfs verifies it against the test CA as usual), TLS spoken to Dovecot,
+    and ``relay(client, upstream)`` run for each connection; ``close()``
+    ends every connection."""
+
+    def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path) -> None:
         self.upstream_port = upstream_port
-        self.understate = understate
         self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server_context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
         self._client_context = ssl.create_default_context(cafile=str(ca_file))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = threading.Event()
+        self._lock = threading.Lock()  # guards _sockets, and what subclasses say
         self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept_loop, name="size-lying-proxy", daemon=True).start()
+        threading.Thread(target=self._accept_loop, name=type(self).__name__, daemon=True).start()
+
+    def url(self, user: str) -> str:
+        return f"imaps://{user}@127.0.0.1:{self.port}"
 
     def close(self) -> None:
         self._closed.set()
@@ -46,10 +54,7 @@ class SizeLyingProxy:
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
-            try:
-                sock.close()
-            except OSError:
-                pass
+            _close(sock)
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
@@ -69,6 +74,18 @@ class SizeLyingProxy:
             return
         with self._lock:
             self._sockets += [client, upstream]
+        self.relay(client, upstream)
+
+    def relay(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket) -> None:
+        raise NotImplementedError
+
+
+class SizeLyingProxy(TlsRelay):
+    def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path, understate: int) -> None:
+        self.understate = understate
+        super().__init__(upstream_port, tls_dir, ca_file)
+
+    def relay(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket) -> None:
         threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
         self._pump(upstream, client, True)
 
@@ -189,7 +206,7 @@ class ProxyConnection:
                 pass
 
 
-class ImapProxy:
+class ImapProxy(TlsRelay):
     """A TLS man in the middle in front of the test Dovecot that reads IMAP
     as lines and literals, so tests can make the server say what Dovecot
     never would. Like SizeLyingProxy it ends the client's TLS with the test
@@ -204,19 +221,8 @@ class ImapProxy:
     """
 
     def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path) -> None:
-        self.upstream_port = upstream_port
-        self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._server_context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
-        self._client_context = ssl.create_default_context(cafile=str(ca_file))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closed = threading.Event()
-        self._lock = threading.Lock()  # guards connections
-        self.connections: list[ProxyConnection] = []
-        threading.Thread(target=self._accept_loop, name="imap-proxy", daemon=True).start()
-
-    def url(self, user: str) -> str:
-        return f"imaps://{user}@127.0.0.1:{self.port}"
+        self.connections: list[ProxyConnection] = []  # guarded by _lock
+        super().__init__(upstream_port, tls_dir, ca_file)
 
     def from_server(self, conn: ProxyConnection, line: bytes, literal: bytes | None):
         yield line
@@ -227,29 +233,13 @@ class ImapProxy:
         return line
 
     def close(self) -> None:
-        self._closed.set()
-        self._listener.close()
         with self._lock:
             connections, self.connections = self.connections, []
+        super().close()
         for conn in connections:
             conn.close()
 
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            client = self._server_context.wrap_socket(raw, server_side=True)
-            upstream = self._client_context.wrap_socket(
-                socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1")
-        except OSError:
-            raw.close()
-            return
+    def relay(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket) -> None:
         conn = ProxyConnection(client, upstream)
         with self._lock:
             self.connections.append(conn)
@@ -296,7 +286,7 @@ class ImapProxy:
             conn.close()
 
 
-class AppendRelay:
+class AppendRelay(TlsRelay):
     """A TLS relay to the test Dovecot that misbehaves around APPEND, as a slow
     or broken network or server does. Like SizeLyingProxy it ends the
     client's TLS with the test server's certificate and speaks TLS upstream,
@@ -321,48 +311,14 @@ class AppendRelay:
 
     def __init__(self, upstream_port: int, tls_dir: Path, ca_file: Path, *, hold_seconds: float | None = 0.0,
                  cut_after: int | None = None, times: int = 1) -> None:
-        self.upstream_port = upstream_port
         self.hold_seconds = hold_seconds
         self.cut_after = cut_after
         self.times = times
-        self.appends = 0
+        self.appends = 0  # guarded by _lock, as is completed
         self.completed = 0
-        self._server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._server_context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
-        self._client_context = ssl.create_default_context(cafile=str(ca_file))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closed = threading.Event()
-        self._lock = threading.Lock()  # guards appends, completed, _sockets
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept_loop, name="append-relay", daemon=True).start()
+        super().__init__(upstream_port, tls_dir, ca_file)
 
-    def close(self) -> None:
-        self._closed.set()
-        self._listener.close()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            _close(sock)
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            client = self._server_context.wrap_socket(raw, server_side=True)
-            upstream = self._client_context.wrap_socket(
-                socket.create_connection(("127.0.0.1", self.upstream_port)), server_hostname="127.0.0.1")
-        except OSError:
-            raw.close()
-            return
-        with self._lock:
-            self._sockets += [client, upstream]
+    def relay(self, client: ssl.SSLSocket, upstream: ssl.SSLSocket) -> None:
         answered = threading.Event()  # set at each tagged answer from the server
         threading.Thread(target=self._downstream, args=(upstream, client, answered), daemon=True).start()
         self._upstream(client, upstream, answered)

@@ -19,7 +19,7 @@ from typing import Any
 from imapfs.config import Account, Options
 from imapfs.errors import AlreadyExists, NotFound, NotSupported, ProtocolError
 from imapfs.model import Folder, FolderStatus
-from imapfs.pool import ConnectionPool
+from imapfs.pool import ConnectionPool, Namespaces
 from imapfs.spool import Literal
 
 
@@ -71,6 +71,10 @@ class FakeServer:
         # "origin.length" (BODY[]<0.131072>, as some servers do), or any other
         # text, put between the brackets of BODY[...] (a server imapfs cannot follow).
         self.partial_answer = "origin"
+        # The NAMESPACE answer (pool.Namespaces); a personal prefix like "INBOX." makes CREATE refuse other names.
+        self.namespaces = Namespaces(personal=(("", "/"),), other=(), shared=())
+        # Called (with the folder) before each UID SEARCH: another client acting between two commands.
+        self.before_search: Any = None
         self._next_uidvalidity = 1000
         self.create("INBOX")
 
@@ -277,6 +281,8 @@ class FakeSession:
         return self.server.mailboxes[folder].uidvalidity, uid
 
     def search_uids(self, criteria: list[str]) -> list[int]:
+        if self.server.before_search is not None:
+            self.server.before_search(self.selected)
         self._log("UID SEARCH", " ".join(criteria))
         self.server.searches += 1
         if self.server.store_on_search is not None and self.server.searches >= self.server.store_on_search:
@@ -328,6 +334,21 @@ class FakeSession:
             box.messages[uid].flags |= set(flags)
             box.messages[uid].modseq = box.modseq
 
+    def remove_flags(self, uids: list[int], flags: Any) -> None:
+        self._log("UID STORE -FLAGS", list(uids), tuple(flags))
+        box = self._box()
+        for uid in uids:
+            box.messages[uid].flags -= set(flags)
+
+    def expunge(self) -> None:
+        self._log("EXPUNGE")
+        box = self._box()
+        for uid in [u for u, m in box.messages.items() if "\\Deleted" in m.flags]:
+            box.drop(uid)
+
+    def namespace(self) -> Namespaces:
+        return self.server.namespaces  # Session asks once and keeps it: no command here
+
     def uid_expunge(self, uids: list[int]) -> None:
         self._log("UID EXPUNGE", list(uids))
         box = self._box()
@@ -337,6 +358,9 @@ class FakeSession:
 
     def create_folder(self, folder: str) -> None:
         self._log("CREATE", folder)
+        prefixes = [p for p, _ in self.server.namespaces.all()]
+        if "" not in prefixes and not any(folder.startswith(p) for p in prefixes) and folder != "INBOX":
+            raise ProtocolError("[CANNOT] Client tried to access nonexistent namespace.")
         self.server.create(folder)
 
     def delete_folder(self, folder: str) -> None:

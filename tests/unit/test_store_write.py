@@ -3,7 +3,17 @@
 import pytest
 
 from imapfs.config import Options
-from imapfs.errors import NotEmpty, NotFound, NotSupported, Refused, ServerUnavailable, WriteUncertain
+from imapfs.errors import (
+    AlreadyExists,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    ProtocolError,
+    Refused,
+    ServerUnavailable,
+    WriteUncertain,
+)
+from imapfs.pool import Namespaces
 from imapfs.spool import Literal, Spool
 from imapfs.store import MailStore
 from tests.unit.fakes import FakePool, FakeServer
@@ -63,15 +73,88 @@ def test_move_failing_after_copy_leaves_the_message_in_both_and_reports():
     assert sum(1 for c in server.commands if c[0] == "UID COPY") == 1  # a write is never retried
 
 
-def test_without_move_or_uidplus_nothing_is_moved():
+def test_without_move_or_uidplus_a_move_copies_then_expunges_when_nothing_else_is_deleted():
     server, store = make(capabilities=("IMAP4REV1",))
     server.add("INBOX", b"Subject: a\r\n\r\n")
+    server.add("INBOX", b"Subject: b\r\n\r\n")
     validity, uid = uid_in(store, "INBOX")
-    with pytest.raises(NotSupported):
-        store.move("INBOX", validity, uid, "Archive")
-    with pytest.raises(NotSupported):
-        store.delete("Trash", validity, uid)
-    assert len(server.mailboxes["INBOX"].messages) == 1
+    before = len(server.commands)
+    store.move("INBOX", validity, uid, "Archive")
+    verbs = [c[0] for c in server.commands[before:] if c[0] in {"UID COPY", "UID STORE +FLAGS", "UID SEARCH",
+                                                                  "EXPUNGE"}]
+    # Checked before the COPY, and again (with ours marked) right before the EXPUNGE.
+    assert verbs == ["UID SEARCH", "UID COPY", "UID STORE +FLAGS", "UID SEARCH", "EXPUNGE"]
+    assert uid not in server.mailboxes["INBOX"].messages and len(server.mailboxes["INBOX"].messages) == 1
+    assert len(server.mailboxes["Archive"].messages) == 1
+
+
+def test_without_move_or_uidplus_another_deleted_message_refuses_the_move_before_the_copy():
+    server, store = make(capabilities=("IMAP4REV1",))
+    server.add("INBOX", b"Subject: a\r\n\r\n")
+    other = server.add("INBOX", b"Subject: b\r\n\r\n", flags=("\\Deleted",))
+    listing = store.listing("INBOX")
+    with pytest.raises(Refused, match="other message"):
+        store.move("INBOX", listing.uidvalidity, 1, "Archive")
+    assert sorted(server.mailboxes["INBOX"].messages) == [1, other]
+    assert "\\Deleted" not in server.mailboxes["INBOX"].messages[1].flags
+    assert not server.mailboxes["Archive"].messages
+    assert not any(c[0] in {"UID COPY", "EXPUNGE"} for c in server.commands)
+
+
+def test_without_uidplus_a_message_deleted_elsewhere_after_the_copy_leaves_both_and_says_so():
+    server, store = make(capabilities=("IMAP4REV1",))
+    server.add("INBOX", b"Subject: a\r\n\r\n")
+    other = server.add("INBOX", b"Subject: b\r\n\r\n")
+    listing = store.listing("INBOX")
+
+    before = len(server.commands)
+
+    def another_client_deletes(folder):
+        if any(c[0] == "UID COPY" for c in server.commands[before:]):
+            server.mailboxes["INBOX"].messages[other].flags.add("\\Deleted")
+
+    server.before_search = another_client_deletes
+    with pytest.raises(Refused, match="both folders"):
+        store.move("INBOX", listing.uidvalidity, 1, "Archive")
+    assert sorted(server.mailboxes["INBOX"].messages) == [1, other]  # the other's EXPUNGE never came
+    assert server.mailboxes["INBOX"].messages[1].flags == set()  # ours got its flags back
+    assert len(server.mailboxes["Archive"].messages) == 1
+    assert not any(c[0] == "EXPUNGE" for c in server.commands[before:])
+
+
+def test_without_uidplus_rm_in_trash_expunges_alone_or_refuses():
+    server, store = make(capabilities=("IMAP4REV1",))
+    server.add("Trash", b"Subject: a\r\n\r\n")
+    server.add("Trash", b"Subject: b\r\n\r\n", flags=("\\Deleted", "\\Seen"))
+    listing = store.listing("Trash")
+    with pytest.raises(Refused, match="UID 2"):
+        store.delete("Trash", listing.uidvalidity, 1)
+    assert sorted(server.mailboxes["Trash"].messages) == [1, 2]
+    store.delete("Trash", listing.uidvalidity, 2)  # the one already marked is the only one: it may go
+    assert sorted(server.mailboxes["Trash"].messages) == [1]
+    store.delete("Trash", listing.uidvalidity, 1)
+    assert not server.mailboxes["Trash"].messages
+
+
+def test_create_outside_a_prefixed_personal_namespace_is_refused_naming_what_works():
+    server, store = make()
+    server.namespaces = Namespaces(personal=(("INBOX.", "."),), other=(("#Users.", "."),), shared=())
+    with pytest.raises(NotPermitted, match="'INBOX.NewFolder'"):
+        store.create_folder("NewFolder")
+    assert not any(c[0] == "CREATE" for c in server.commands)
+    store.create_folder("INBOX.NewFolder")
+    assert "INBOX.NewFolder" in server.mailboxes
+
+
+def test_a_create_the_server_refuses_is_not_permitted_with_its_words():
+    server, store = make()
+    server.namespaces = Namespaces(personal=(("INBOX.", "."), ("", "/")), other=(), shared=())
+    store.create_folder("Top")  # an empty personal prefix too: anything goes, the server decides
+    server.fail_next = [ProtocolError("[NOPERM] Permission denied")]
+    with pytest.raises(NotPermitted, match=r"refused to create folder 'Other'.*Permission denied"):
+        store.create_folder("Other")
+    with pytest.raises(AlreadyExists):
+        store.create_folder("Top")
 
 
 def test_delete_goes_to_trash_and_expunges_in_trash():
