@@ -106,6 +106,13 @@ def help_text() -> str:
         Options:
         """) + rows + textwrap.dedent("""
 
+        Searching on the server (.search is hidden: looked up, never listed):
+            ls "MOUNT/.search/from:alice since:2024-01-01 invoice"
+            word "a phrase" from: to: cc: bcc: subject: body: header:NAME:VALUE
+            since: before: on:YYYY-MM-DD  larger: smaller:N[k|M|G]
+            is:unread|read|flagged|answered|draft  in:FOLDER (%2F for /)
+            -TERM (NOT)  A OR B  gmail:RAW (X-GM-EXT-1 servers); see the README.
+
         FUSE mount options such as allow_root, default_permissions, nosuid,
         nodev, noatime, auto_unmount pass through; fstab-only options (rw,
         defaults, noauto, user, _netdev, nofail, x-*) are accepted and ignored.
@@ -262,6 +269,7 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     from imapfs.views.maildir import MaildirView
     from imapfs.views.parts import PartsView
     from imapfs.views.root import CompositeRoot
+    from imapfs.views.search import SearchView
     from imapfs.views.text import TextView
     from imapfs.views.trash import TrashView, trash_dir_name
     from imapfs.watcher import Watcher
@@ -301,7 +309,8 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
     content = MessageContent(store)  # shared: .parts/NAME/text is .text's rendering
     root = CompositeRoot(layout(store, spool_dir=options.spool_directory),
                          {trash_name: TrashView(store, trash_name),
-                          ".text": TextView(store, content), ".parts": PartsView(store, content)})
+                          ".text": TextView(store, content), ".parts": PartsView(store, content),
+                          ".search": SearchView(store)})
     operations = ImapFS(store, root, read_only=options.ro, kernel_opens=kernel_opens, on_init=start,
                         on_destroy=lambda: watcher.stop())
     watcher = Watcher(account, credentials, options, pool, listings=store.cached_listings,

@@ -21,6 +21,7 @@ are translated once, in pool.py, with ``raise ... from exc``.
     ├── NotEmpty                 folder still holds messages or children
     ├── InvalidMessage           bytes written are not an RFC 5322 message
     ├── InvalidName              no folder can have this name (a level holding the delimiter)
+    ├── InvalidQuery             a .search query that cannot be parsed, or that the server refuses
     ├── ReadOnly                 the mount (or the object) does not accept writes
     ├── Busy                     another program is writing that file
     ├── Refused                  imapfs will not do this, to keep mail safe
@@ -100,6 +101,10 @@ class InvalidMessage(ImapFSError):
 
 class InvalidName(ImapFSError):
     """A directory name that no IMAP folder name can express on this server."""
+
+
+class InvalidQuery(ImapFSError):
+    """A search query (``.search/QUERY``) that cannot be parsed, or that this server cannot run."""
 
 
 class ReadOnly(ImapFSError):

@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 import imapclient
 from imapclient import exceptions as imapexc
 from imapclient.datetime_util import datetime_to_INTERNALDATE
-from imapclient.imapclient import SocketTimeout, seq_to_parenstr, seq_to_parenstr_upper
+from imapclient.imapclient import SocketTimeout, _literal, seq_to_parenstr, seq_to_parenstr_upper
+from imapclient.response_parser import parse_message_list
 
 from imapfs import names
 from imapfs.config import Account, Options
@@ -52,6 +53,7 @@ from imapfs.errors import (
 )
 from imapfs.fetch_response import parse_responses
 from imapfs.model import Folder, FolderStatus
+from imapfs.query import Value
 from imapfs.spool import Literal
 
 log = logging.getLogger(__name__)
@@ -463,6 +465,29 @@ class Session:
         """UID SEARCH in the selected folder; criteria as imapclient takes them."""
         with self._translating():
             return sorted(int(u) for u in self._client.search(criteria))
+
+    def search_matching(self, keys: Iterable[str], charset: str | None = None) -> list[int]:
+        """UID SEARCH in the selected folder for keys from imapfs.query.
+
+        The command is built here, not by imapclient's search(), which sends a
+        string bare unless it holds a space or a quote: ``subject:{5}`` would
+        then announce a literal and hang the command, ``foo(bar`` break it.
+        So keywords go as atoms and every query.Value as a quoted string, or
+        as a literal when it is not plain printable ASCII (UTF-8 with CHARSET).
+        """
+        args: list[bytes] = [b"CHARSET", charset.encode("ascii")] if charset else []
+        for key in keys:
+            if not isinstance(key, Value):
+                args.append(key.encode("ascii"))
+                continue
+            data = key.encode("utf-8")
+            if all(0x20 <= byte < 0x7F for byte in data):
+                args.append(b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
+            else:
+                args.append(_literal(data))
+        with self._translating():
+            found = self._client._raw_command_untagged(b"SEARCH", args)
+            return sorted(int(u) for u in parse_message_list(found))
 
     # --- writing ---------------------------------------------------------
     def append(self, folder: str, literal: Literal, flags: Iterable[str],

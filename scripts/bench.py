@@ -16,7 +16,13 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
 4. the same cold grep / ``mbsync`` pulling the folder into a fresh Maildir, then ``grep -rl`` there;
 5. warm grep (same mount again) / grep over a local copy of the same messages;
 6. ``head -c 4096`` of a 50 MB message (fresh mount, folder listed first) / its full raw fetch;
-7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio).
+7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio);
+9. cold ``ls .search/TOKEN/bench2k`` (a fresh mount -o ro: the server searches every
+   folder, imapfs lists only the folder that matches) / row 3's cold ``grep -rl TOKEN``,
+   the same answer got by reading every body. Row 9s is its floor: one imapclient
+   connection, SELECT and UID SEARCH TEXT TOKEN in every folder, one after another.
+   With ``--fts xapian`` the bench Dovecot indexes its mail (dovecot-fts-xapian), as
+   a provider's server does, and the searches use the index.
 
 Why rows 3 to 5 mount with ``-o ro``: searching reads, and the README tells
 users to search through a read-only mount. There the kernel opens, reads from
@@ -227,8 +233,9 @@ def big_message(size: int) -> bytes:
 # ------------------------------------------------------------------------- seeding
 
 
-def _seed_marker(scale: Scale) -> dict[str, object]:
-    return {"scale": asdict(scale), "token": TOKEN, "version": 1}
+def _seed_marker(scale: Scale, fts: str | None = None) -> dict[str, object]:
+    """What a kept server dir holds; an fts index is built as mail arrives, so it is part of it."""
+    return {"scale": asdict(scale), "token": TOKEN, "version": 1, "fts": fts}
 
 
 def _folder_counts(server: Dovecot) -> dict[str, int]:
@@ -251,7 +258,7 @@ def _append_batch(server: Dovecot, folder: str, messages: list[tuple[bytes, dt.d
 def seed(server: Dovecot, scale: Scale, log: Callable[[str], None]) -> None:
     """Fill the three folders, unless a marker says this server dir already holds exactly this data set."""
     marker_path = server.base_dir / SEED_MARKER
-    wanted = _seed_marker(scale)
+    wanted = _seed_marker(scale, server.fts)
     expected = {LIST_FOLDER: scale.list_count, GREP_FOLDER: scale.grep_count, BIG_FOLDER: 1}
     with contextlib.suppress(FileNotFoundError, ValueError):
         if json.loads(marker_path.read_text()) == wanted and _folder_counts(server) == expected:
@@ -527,6 +534,22 @@ def floor_bodies(server: Dovecot, folder: str) -> tuple[float, dict[int, bytes]]
     return time.perf_counter() - started, bodies
 
 
+def floor_search(server: Dovecot, words: list[str]) -> tuple[float, dict[str, list[int]]]:
+    """The floor of a search over the account: connect, LIST, then SELECT and UID SEARCH TEXT in
+    every folder, one connection, one folder after another. Returns the folders with matches."""
+    started = time.perf_counter()
+    found: dict[str, list[int]] = {}
+    with floor_client(server) as client:
+        for flags, _delimiter, name in client.list_folders():
+            if b"\\Noselect" in flags:
+                continue
+            client.select_folder(name, readonly=True)
+            uids = client.search([item for word in words for item in ("TEXT", word)])
+            if uids:
+                found[name] = uids
+    return time.perf_counter() - started, found
+
+
 def write_mbsyncrc(server: Dovecot, directory: Path, maildir: Path) -> Path:
     """An isync 1.4 config that pulls only GREP_FOLDER over verified TLS into ``maildir``.
 
@@ -782,6 +805,7 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
         f"- timings: median of {meta['repeat']} runs; page cache dropped before cold runs: {meta['drop']}",
         f"- imapfs mount options: `{meta['options']}`",
         f"- network latency: {meta['latency']}",
+        f"- server full-text index: {meta['fts']}",
         "",
         "| # | measure | imapfs | baseline | ratio | target | limit | verdict |",
         "|---|---|---|---|---|---|---|---|",
@@ -827,6 +851,8 @@ class Bench:
         self.mounts = 0
         self.log_paths: list[Path] = []
         self.notes: list[str] = []  # what a step found worth saying under the table
+        self.cold_grep: Row | None = None  # row 3, the baseline of row 9 (grep runs before search)
+        self.grep_hits: list[str] = []  # the file names row 3's grep found
 
     def mount(self, label: str, read_only: bool = False) -> Mount:
         self.mounts += 1
@@ -936,6 +962,7 @@ class Bench:
                 expect("cold grep -rl: files with the token", count_lines(out), matches)
                 cold.subject_times.append(elapsed)
                 imapfs_hits = sorted(Path(line).name for line in out.decode().splitlines())
+                self.grep_hits = imapfs_hits
                 elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
                 expect("warm grep -rl: files with the token", count_lines(out), matches)
                 warm.subject_times.append(elapsed)
@@ -991,7 +1018,39 @@ class Bench:
                        f"floor FS: {n:,} files (same names, sizes, mode 0444) served from memory by mfusepy on "
                        f"{floor_libfuse}, as imapfs; multithreaded, keep_cache + noflush, READDIRPLUS with attributes, "
                        f"attr/entry timeout {FLOOR_ATTR_TIMEOUT:g}/{FLOOR_ENTRY_TIMEOUT:g} s"]
+        self.cold_grep = cold
         return [cold, cold_rw, cold_floor, vs_mbsync, warm, warm_rw, warm_floor]
+
+    def search(self) -> list[Row]:
+        """Rows 9 and 9s: a server-side search through .search/ against the cold grep of row 3."""
+        matches = self.scale.grep_matches
+        row = Row("9", "cold `ls .search/TOKEN/` (all folders searched)", "fresh mount -o ro",
+                  "row 3's cold `grep -rl`", 0.1, 0.3)
+        floor = Row("9s", "server-side search alone", "1 conn, UID SEARCH in every folder",
+                    row.baseline, None, None, measured="imapclient")
+        # A bare word: TEXT, as grep looks at the whole message. An fts index holds words, and
+        # the token's dashes split it into four: there, the four words (each TEXT), which
+        # match the same messages (checked below against grep's answer).
+        words = TOKEN.split("-") if self.server.fts else [TOKEN]
+        query = " ".join(words)
+        floor_search(self.server, words)  # warm the server (its caches, or its index), untimed
+        for _ in range(self.repeat):
+            elapsed, found = floor_search(self.server, words)
+            expect("UID SEARCH TEXT: folders with the token", sorted(found), [GREP_FOLDER])
+            expect("UID SEARCH TEXT: messages with the token", len(found[GREP_FOLDER]), matches)
+            floor.subject_times.append(elapsed)
+        grep_hits = sorted(Path(line).name for line in self.grep_hits)
+        for _ in range(self.repeat):
+            with self.mount("search", read_only=True) as mount:
+                drop_caches()
+                elapsed, out = run_tool(["ls", mount.mountpoint / ".search" / query / GREP_FOLDER])
+                expect("ls .search: files with the token", count_lines(out), matches)
+                expect("ls .search: the files grep found", sorted(out.decode().splitlines()), grep_hits)
+                row.subject_times.append(elapsed)
+                _, out = run_tool(["ls", mount.mountpoint / ".search" / query])
+                expect("ls .search: folders with the token", out.decode().split(), [GREP_FOLDER])
+        row.baseline_times = floor.baseline_times = list(self.cold_grep.subject_times)
+        return [row, floor]
 
     def big(self) -> list[Row]:
         """Row 6: the first 4 KiB of a huge message must not cost the whole message."""
@@ -1116,6 +1175,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="RTT",
                         help="measure through a relay that adds this round-trip time, as a server across a network "
                              "would (default 0: loopback as it is)")
+    parser.add_argument("--fts", choices=("xapian",),
+                        help="the bench Dovecot indexes its mail for full-text search (needs dovecot-fts-xapian); "
+                             "rows 9 and 9s then measure an indexed server")
     parser.add_argument("--strict", action="store_true", help="exit 3 if any measure fails its limit")
     # Internal: the floor filesystem's own process (FloorMount starts it).
     parser.add_argument("--serve-floor-fs", nargs=2, type=Path, metavar=("DATA", "MOUNTPOINT"), help=argparse.SUPPRESS)
@@ -1130,12 +1192,12 @@ def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def dovecot_server(keep: Path | None) -> Iterator[Dovecot]:
+def dovecot_server(keep: Path | None, fts: str | None = None) -> Iterator[Dovecot]:
     """A started Dovecot; a --keep dir survives (mail and all), a temp one is deleted."""
     if keep is not None:
         keep = keep.absolute()
         stop_dir(keep)  # a server left running in our own dir by an interrupted run
-    server = Dovecot(keep)
+    server = Dovecot(keep, fts=fts)
     try:
         server.start()
         yield server
@@ -1166,7 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
     revision = imapfs_revision()  # before the run: the tree may change while it runs
     succeeded = False
     try:
-        with contextlib.ExitStack() as stack, dovecot_server(args.keep) as server:
+        with contextlib.ExitStack() as stack, dovecot_server(args.keep, args.fts) as server:
             seed(server, scale, log_line)
             measured = server
             if args.latency_ms:
@@ -1178,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
                 measured.imaps_port = proxy.port
             bench = Bench(measured, scale, args.repeat, workdir, args.mount_options)
             rows: list[Row] = []
-            for step in (bench.listing, bench.grep, bench.big, bench.filing):
+            for step in (bench.listing, bench.grep, bench.search, bench.big, bench.filing):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
                 rows += step()
             notes = bench.notes + bench.log_notes()
@@ -1209,6 +1271,7 @@ def main(argv: list[str] | None = None) -> int:
         "options": f"ca_file=...{',' + args.mount_options if args.mount_options else ''}",
         "latency": (f"{args.latency_ms:g} ms round trip added by a relay" if args.latency_ms
                     else "none added (loopback)"),
+        "fts": f"{args.fts} (dovecot-fts-xapian)" if args.fts else "none (Dovecot reads every message)",
     }
     text = markdown(rows, meta, notes)
     print(text)

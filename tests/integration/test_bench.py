@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ROWS = ("1", "1b", "2", "3", "3f", "3rw", "4", "5", "5f", "5rw", "6", "7")
+ROWS = ("1", "1b", "2", "3", "3f", "3rw", "4", "5", "5f", "5rw", "6", "7", "8", "8m", "9", "9s")
 
 
 @pytest.mark.timeout(300)  # about 15 s here; seeding and a dozen mounts on a slow machine take longer

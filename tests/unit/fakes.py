@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email
+import email.policy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -288,23 +290,17 @@ class FakeSession:
                 folder, message, flags = self.server.stored_later.pop(0)
                 self.server.add(folder, message, flags)
         box = self._box()
-        found = set(box.messages)
-        words = list(criteria)
-        while words:
-            key = words.pop(0).upper()
-            if key == "UID":
-                found &= set(_parse_uid_set(words.pop(0), sorted(box.messages)))
-            elif key == "LARGER":
-                limit = int(words.pop(0))
-                found = {u for u in found if len(box.messages[u].raw) > limit}
-            elif key == "SMALLER":
-                limit = int(words.pop(0))
-                found = {u for u in found if len(box.messages[u].raw) < limit}
-            elif key == "DELETED":
-                found = {u for u in found if "\\Deleted" in box.messages[u].flags}
-            else:
-                raise NotImplementedError(key)
-        return sorted(found)
+        return sorted(uid for uid in box.messages if _matches_all(list(criteria), box, uid))
+
+    def search_matching(self, keys: Any, charset: str | None = None) -> list[int]:
+        """As pool.Session.search_matching: the keys imapfs.query makes, matched as Dovecot does
+        (case-insensitive substrings; TEXT over the whole message)."""
+        self._log("UID SEARCH", charset, tuple(keys))
+        self.server.searches += 1
+        if any(not str(k).isascii() for k in keys) and (charset or "").upper() != "UTF-8":
+            raise ProtocolError("NO [BADCHARSET (UTF-8)] non-ASCII search needs CHARSET UTF-8")
+        box = self._box()
+        return sorted(uid for uid in box.messages if _matches_all(list(keys), box, uid))
 
     def copy(self, uids: list[int], target: str) -> None:
         self._log("UID COPY", list(uids), target)
@@ -386,6 +382,75 @@ class FakeSession:
 
     def logout(self) -> None:
         pass
+
+
+def _matches_all(keys: list[str], box: FakeMailbox, uid: int) -> bool:
+    """Every search key in keys matches the message (IMAP's implicit AND)."""
+    keys = list(keys)
+    result = True
+    while keys:
+        result = _match_one(keys, box, uid) and result
+    return result
+
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def _imap_date(text: str) -> dt.date:
+    day, month, year = text.split("-")
+    return dt.date(int(year), _MONTHS.index(month.lower()) + 1, int(day))
+
+
+def _match_one(keys: list[str], box: FakeMailbox, uid: int) -> bool:
+    """Consume one search key (with its arguments) from keys; whether it matches."""
+    msg = box.messages[uid]
+    key = keys.pop(0).upper()
+    parsed = email.message_from_bytes(msg.raw, policy=email.policy.default)
+    flags = {f.upper() for f in msg.flags}
+
+    def header(name: str) -> str:
+        return " ".join(str(v) for v in parsed.get_all(name, [])).lower()
+
+    def body() -> str:
+        part = parsed.get_body(("plain", "html"))
+        return (part.get_content() if part is not None else "").lower()
+
+    if key == "ALL":
+        return True
+    if key == "NOT":
+        return not _match_one(keys, box, uid)
+    if key == "OR":
+        first = _match_one(keys, box, uid)
+        second = _match_one(keys, box, uid)
+        return first or second
+    if key == "UID":
+        return uid in _parse_uid_set(keys.pop(0), sorted(box.messages))
+    if key in ("LARGER", "SMALLER"):
+        limit = int(keys.pop(0))
+        return len(msg.raw) > limit if key == "LARGER" else len(msg.raw) < limit
+    if key in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        return keys.pop(0).lower() in header(key)
+    if key == "HEADER":
+        name, value = keys.pop(0), keys.pop(0)
+        return name in parsed and value.lower() in header(name)
+    if key == "BODY":
+        return keys.pop(0).lower() in body()
+    if key == "TEXT":
+        value = keys.pop(0).lower()
+        return value in body() or any(value in str(v).lower() for v in parsed.values())
+    if key in ("SINCE", "BEFORE", "ON"):
+        day, when = _imap_date(keys.pop(0)), msg.internaldate.date()
+        return {"SINCE": when >= day, "BEFORE": when < day, "ON": when == day}[key]
+    states = {"SEEN": "\\SEEN", "FLAGGED": "\\FLAGGED", "ANSWERED": "\\ANSWERED", "DRAFT": "\\DRAFT",
+              "DELETED": "\\DELETED"}
+    if key in states:
+        return states[key] in flags
+    if key.startswith("UN") and key[2:] in states:
+        return states[key[2:]] not in flags
+    if key == "X-GM-RAW":  # no Gmail here: its syntax read as one TEXT term
+        value = keys.pop(0).lower()
+        return value in body() or any(value in str(v).lower() for v in parsed.values())
+    raise NotImplementedError(key)
 
 
 def _header_lines(header: bytes) -> list[bytes]:
