@@ -513,14 +513,16 @@ class ImapFS(fuse.Operations):
                     self._check_still_open(target)
                     target.handles += 1
                     target.write_handles += 1
+                    if fi.flags & os.O_TRUNC:
+                        self._truncate_locked(target, 0)
                 fi.fh = self._new_handle(WriteHandle(target))
                 fi.direct_io = 1
-                if fi.flags & os.O_TRUNC:
-                    target.spool.truncate(0)
                 return 0
             # A reader (grep -r, a desktop indexer) of a file still being
             # written sees what is there so far; its close appends nothing.
             with target.lock:
+                if target.handles <= 0:
+                    raise NotFound(path)  # its last handle was just released: the spool is gone
                 target.handles += 1
             fi.fh = self._new_handle(SpoolReadHandle(target))
             fi.direct_io = 1
@@ -761,10 +763,15 @@ class ImapFS(fuse.Operations):
             raise Busy(f"{path} is being written by another program")
         with target.lock:
             self._check_still_open(target)
-            target.spool.truncate(length)
-            target.contiguous = min(target.contiguous, length)
-            target.header_seen = False
+            self._truncate_locked(target, length)
         return 0
+
+    @staticmethod
+    def _truncate_locked(new: NewFile, length: int) -> None:
+        """Cut a file being written to length. Call with new.lock held."""
+        new.spool.truncate(length)
+        new.contiguous = min(new.contiguous, length)
+        new.header_seen = False
 
     @fuse_operation
     def flush(self, path: str, fi: Any) -> int:
@@ -787,25 +794,43 @@ class ImapFS(fuse.Operations):
     def _commit(self, new: NewFile, lock_owner: int | None, pid: int) -> None:
         """APPEND new once, if this close means its writer is done.
 
-        lock_owner None: the last handle is being released (no closer left
-        to ask). Raises the outcome's error to every close that asks after
+        The close that means it is the creating process's (the one that
+        made the file: cp, or the shell of `{ cat a; cat b; } > F/x`): a
+        forked child's close, even of a child that wrote part of the file,
+        leaves it to its parent. Where the creator is unknown, a close by a
+        descriptor table that wrote commits. A writer that died of a signal
+        or a failure status taints the file: it is never appended.
+        lock_owner None: the last writing handle is being released (no closer
+        left to ask; nobody to tell of a failure but the log). Raises the outcome's error to every close that asks after
         a refusal or a failure.
         """
+        closer = callers.process(pid) if lock_owner is not None else None
         with new.commit_lock:
             with new.lock:
                 outcome = new.outcome
-                if outcome is None and lock_owner is not None and new.write_handles > 1:
-                    return  # another handle may still write: the last one's close commits
                 if outcome is None and lock_owner is not None:
-                    if new.writers and lock_owner not in new.writers and 0 not in new.writers:
-                        return  # a forked child closing its inherited copy: the writer goes on
-                    if not new.writers and pid != new.creator:
-                        return  # nothing written yet, and not the creator closing
+                    if not new.writers:
+                        # Nothing written yet: a shell's redirection closes the
+                        # descriptor it opened as soon as it has dup'ed it.
+                        return
+                    if new.write_handles > 1:
+                        return  # another handle may still write: the last one's close commits
+                    creator = new.creator_process
+                    if creator is not None and closer is not None and closer != creator:
+                        if lock_owner in new.writers and new.tainted is None:
+                            new.tainted = callers.abnormal_exit(pid)
+                        return  # a forked child's close: its parent goes on, and closes last
+                    if (creator is None or closer is None) and lock_owner not in new.writers \
+                            and 0 not in new.writers:
+                        return  # not a writer's close
             if isinstance(outcome, ImapFSError):
                 raise outcome
-            if outcome is not None or (lock_owner is None and not new.writers):
+            if outcome is not None:
                 return
-            dying = callers.abnormal_exit(pid)
+            # (At the last release, a file nothing was written to is committed
+            # too: the view says what an empty file is. A folder refuses it;
+            # the desktop trash keeps GIO's empty trashinfo reservation.)
+            dying = new.tainted or callers.abnormal_exit(pid)
             if dying:
                 with new.lock:
                     new.outcome = "discarded"
@@ -813,6 +838,8 @@ class ImapFS(fuse.Operations):
                 log.warning("%s was not appended to %r: %s, so it may be incomplete",
                             new.name, new.folder.name, dying)
                 return
+            with new.lock:
+                new.outcome = "committing"  # writes from now on are refused: the literal's size is counted
             try:
                 new.owner.commit(new)
                 if new.outcome == "appended":
@@ -837,7 +864,8 @@ class ImapFS(fuse.Operations):
             last = new.handles <= 0
             if last and new.outcome is None:
                 new.outcome = "discarded"
-            kept = new.outcome == "kept"  # its view still holds it (a Maildir tmp/ file awaiting its rename)
+            # Its view still holds it: a Maildir tmp/ file awaiting its rename, or being filed by it.
+            kept = new.outcome in ("kept", "delivering")
         if last and not kept:
             self._forget_new_file(new)
             new.spool.close()

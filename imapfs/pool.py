@@ -1007,7 +1007,8 @@ class ConnectionPool:
         finally:
             self._release(session)
 
-    def run(self, work: Callable[[Session], T], *, idempotent: bool = True, bounded: bool = True) -> T:
+    def run(self, work: Callable[[Session], T], *, idempotent: bool = True, bounded: bool = True,
+            check_idle: bool = False) -> T:
         """Run work(session), retrying on a fresh connection when that is safe.
 
         Idempotent work (LIST, SELECT, FETCH, STATUS) is retried with
@@ -1025,7 +1026,10 @@ class ConnectionPool:
         again, so callers fail fast (and may serve what is cached) instead
         of all waiting. ``bounded=False`` exempts the work itself (not the
         wait for a session) from that budget: an APPEND of 300 MB may take
-        longer than retry_for and must not be cut off for it.
+        longer than retry_for and must not be cut off for it. ``check_idle``
+        probes an idle pooled connection with NOOP first for idempotent work
+        too: an APPEND sent with a non-synchronising literal into a silently
+        dead connection would otherwise end in a timeout nobody can read.
         """
         started = time.monotonic()
         deadline = started + self._options.retry_for
@@ -1040,7 +1044,7 @@ class ConnectionPool:
             try:
                 with self.session(deadline) as session:
                     with session.time_limit(deadline) if bounded else contextlib.nullcontext():
-                        if not idempotent and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
+                        if (not idempotent or check_idle) and time.monotonic() - session.last_used > IDLE_CHECK_AFTER:
                             session.noop()
                         sent = True
                         result = work(session)

@@ -416,7 +416,9 @@ class MailStore:
             except ProtocolError as exc:
                 raise InvalidQuery(f"the server refused the search in {folder!r}: {exc}") from exc
 
-        found = self.pool.run(work)
+        # A text search on a server without an index scans bodies and may take
+        # longer than retry_for: not cut off (nor counted as the server down).
+        found = self.pool.run(work, bounded=False)
         with self._searches_lock:
             if self.listings.generation(folder) == generation:
                 self._searches[cache_key] = (generation, started, found)
@@ -454,7 +456,8 @@ class MailStore:
             if self._workers is None:
                 # Made at first use, never before FUSE's init: no thread may exist when the mount forks.
                 self._workers = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=max(1, self.options.connections), thread_name_prefix="imapfs-search")
+                    # One connection stays free for the reads of whoever else uses the mount.
+                    max_workers=max(1, self.options.connections - 1), thread_name_prefix="imapfs-search")
             workers = self._workers
         futures = [workers.submit(work, name) for name in folders]
         concurrent.futures.wait(futures)
@@ -787,7 +790,8 @@ class MailStore:
         first_uid = known.uidnext if known is not None else None
         try:
             try:
-                appended = self.pool.run(lambda s: s.append(folder, literal, flags, when), bounded=False)
+                appended = self.pool.run(lambda s: s.append(folder, literal, flags, when), bounded=False,
+                                         check_idle=True)
             except WriteUncertain as exc:
                 appended = self._confirm_append(folder, literal, first_uid, exc)
         finally:

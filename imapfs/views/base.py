@@ -64,10 +64,13 @@ class NewFile:
     header_seen: bool = False  # the header block is complete and was checked as it was written
     handles: int = 0  # open handles, writers' and readers'
     write_handles: int = 1  # open handles that may write: the creator's, and more of the creating process's
-    creator_process: Hashable = None  # the creating process (callers.Process): only it may open a second writer
-    # Once decided, forever: "appended", "kept" (a Maildir tmp/ file waiting
-    # for its rename), "discarded" (unlinked or abandoned), or the error that
-    # refused or failed it. Guarded by lock.
+    creator_process: Hashable = None  # the creating process (callers.Process): its close commits
+    tainted: str | None = None  # why a writer's death makes the file incomplete, if one died so
+    # None while being written; then "committing" (its APPEND is under way),
+    # "appended", "kept" (a Maildir tmp/ file waiting for its rename, which
+    # makes it "delivering" and then "appended", or "kept" again if that
+    # fails), "discarded" (unlinked or abandoned), or the error that refused
+    # or failed it. Guarded by lock.
     outcome: str | ImapFSError | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards the fields above but spool
     # Held while the file is being APPENDed: a second close waits for the first's outcome.

@@ -36,7 +36,7 @@ from collections.abc import Hashable
 from cachetools import LRUCache
 
 from imapfs import filing, names
-from imapfs.errors import AlreadyExists, NotEmpty, NotFound, NotSupported
+from imapfs.errors import AlreadyExists, Busy, ImapFSError, InvalidMessage, NotEmpty, NotFound, NotSupported
 from imapfs.model import Folder, MessageMeta
 from imapfs.spool import Spool
 from imapfs.store import MailStore
@@ -71,7 +71,7 @@ def flags_from_info(name: str) -> set[str] | None:
     match = _INFO_RE.search(name)
     if match is None:
         return None
-    return {FLAGS[c] for c in match.group(1).upper() if c in FLAGS}
+    return {FLAGS[c] for c in match.group(1) if c in FLAGS}  # lowercase letters are tools' keywords
 
 
 def message_name(uidvalidity: int, meta: MessageMeta) -> str:
@@ -284,9 +284,11 @@ class MaildirView(View):
             if self._writing.get((new.folder.name, new.role, new.name)) is new:
                 del self._writing[(new.folder.name, new.role, new.name)]
 
-    def _drop_kept(self, new: NewFile) -> None:
+    def _drop_kept(self, new: NewFile, force: bool = False) -> None:
         with new.lock:
-            new.outcome = "discarded" if new.outcome == "kept" else new.outcome
+            if new.outcome == "delivering" and not force:
+                raise Busy(f"{new.name} is being delivered")
+            new.outcome = "discarded" if new.outcome in ("kept", "delivering") else new.outcome
             last = new.handles <= 0
         self.forget(new)
         if last:
@@ -296,6 +298,8 @@ class MaildirView(View):
     def unlink(self, parts: Parts, node: Node, actor: Hashable) -> None:
         if isinstance(node, NewFile):
             with node.lock:
+                if node.outcome == "delivering":
+                    raise Busy(f"{node.name} is being delivered")
                 kept = node.outcome == "kept"
                 if node.outcome is None:
                     node.outcome = "discarded"
@@ -313,6 +317,7 @@ class MaildirView(View):
         if isinstance(node, DirNode):
             if node.role or node.folder is None:
                 raise NotSupported("a Maildir's cur/, new/ and tmp/ cannot be renamed")
+            refuse_tool_name(new, directory=True)
             if not new or self._dir(new) is not None:
                 raise AlreadyExists("/".join(new))
             if self._dir(new[:-1]) is None:
@@ -359,10 +364,20 @@ class MaildirView(View):
         with new.lock:
             outcome = new.outcome
         if outcome == "kept" and target.role != "tmp":
+            with new.lock:
+                if new.outcome != "kept":
+                    raise Busy(f"{new.name} is being delivered by another rename")
+                new.outcome = "delivering"  # an unlink or a second rename meanwhile is refused
             try:
                 self._file(new, target.folder, target.role, name)
-            finally:
-                self._drop_kept(new)
+            except InvalidMessage:
+                self._drop_kept(new, force=True)
+                raise
+            except ImapFSError:
+                with new.lock:
+                    new.outcome = "kept"  # still in tmp/: the rename can be tried again
+                raise
+            self._drop_kept(new, force=True)
             return
         if outcome is not None:
             raise NotFound(new.name)

@@ -312,7 +312,7 @@ class TrashView(View):
         """Its writer closed it: keep it (in memory) for readers, holding a
         handle of the view's own so that the spool outlives their closes."""
         with new.lock:
-            if new.outcome is None:
+            if new.outcome in (None, "committing"):
                 new.outcome = "kept"
                 new.handles += 1
 

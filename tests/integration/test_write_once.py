@@ -386,3 +386,25 @@ def test_rsync_rt_twice_transfers_nothing_the_second_time(imap, fresh_folder, mo
     second = sh("rsync", "-rt", "--stats", f"{src}/", f"{m.path / fresh_folder}/").stdout.decode()
     assert "Number of regular files transferred: 0" in second, second
     assert sorted(bodies(imap, fresh_folder)) == sorted(raws)
+
+
+def test_children_of_the_shell_that_wrote_leave_the_commit_to_its_close(imap, fresh_folder, mount, tmp_path):
+    # `{ cat a; cat b; } > F/m`: the shell creates the file and holds it; each
+    # cat writes part of it and exits. Only the shell's close means done.
+    raw = message("written by two children", "x" * 50_000)
+    (tmp_path / "a").write_bytes(raw[:300])
+    (tmp_path / "b").write_bytes(raw[300:])
+    m = mount()
+    target = m.path / fresh_folder / "m.eml"
+    sh("bash", "-c", f'{{ cat "{tmp_path}/a"; sleep 0.3; cat "{tmp_path}/b"; }} > "{target}"')
+    assert bodies(imap, fresh_folder) == [raw]
+
+
+def test_a_child_killed_while_writing_for_its_shell_stores_nothing(imap, fresh_folder, mount):
+    m = mount()
+    target = m.path / fresh_folder / "half.eml"
+    killer = "import os, sys; sys.stdout.write('From: a@example.org\\nSubject: half\\n\\npart'); " \
+             "sys.stdout.flush(); os.kill(os.getpid(), 9)"
+    sh("bash", "-c", f'{{ {sys.executable} -c "{killer}"; echo " rest"; }} > "{target}"', check=False)
+    assert bodies(imap, fresh_folder) == []
+    assert wait_for(lambda: "killed by signal 9" in m.log(), timeout=10), m.log()
