@@ -407,7 +407,10 @@ class MailStore:
 
         def work(session: Session) -> Found:
             try:
-                status = session.ensure_selected(folder)
+                # Always EXAMINE anew: a session that had the folder selected
+                # before sees mail that arrived since (a MOVE into it, say)
+                # only once it is told, and a SEARCH there could miss it.
+                status = session.select(folder, readonly=True)
             except (NotFound, ProtocolError) as exc:
                 log.info("not searching %r: %s", folder, exc)
                 return Found(0, ())
