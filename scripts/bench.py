@@ -398,7 +398,11 @@ class Mount:
         self.server = server
         self.mountpoint = workdir / f"mnt-{label}"
         self.log_path = workdir / f"imapfs-{label}.log"
+        # Without the persistent cache unless asked for: a "cold" row must not
+        # read what an earlier run (or an earlier mount of this run) left on disk.
         options = f"ca_file={server.ca_file}"
+        if "cache_dir=" not in extra_options:
+            options += ",cache_dir=none"
         if extra_options:
             options += f",{extra_options}"
         self.argv = [sys.executable, "-m", "imapfs", "-f", "-o", options, server.url, str(self.mountpoint)]
