@@ -24,7 +24,7 @@ from imapfs.errors import NotFound
 from imapfs.model import Folder
 from imapfs.store import WHOLE_LIMIT, MailStore
 from imapfs.views.base import DerivedFile, DirNode, MessageRef, Parts, View
-from imapfs.views.folders import build_tree
+from imapfs.views.folders import FolderTree
 
 # Rendered texts and decoded attachments kept, by total bytes.
 DERIVED_CACHE_BYTES = 64 * 1024 * 1024
@@ -135,17 +135,10 @@ class MirrorView(View):
     def __init__(self, store: MailStore, content: MessageContent) -> None:
         self.store = store
         self.content = content
-        self._lock = threading.Lock()  # guards _tree_source, _tree
-        self._tree_source: list[Folder] | None = None
-        self._tree = DirNode(folder=None)
+        self._tree = FolderTree(store)
 
     def _root(self) -> DirNode:
-        folders = self.store.folders()
-        with self._lock:
-            if folders is not self._tree_source:
-                self._tree = build_tree(folders)
-                self._tree_source = folders
-            return self._tree
+        return self._tree.root()
 
     def _walk(self, parts: Parts) -> tuple[DirNode, int]:
         """The deepest folder-tree directory on the path, and how many parts it took."""

@@ -37,25 +37,19 @@ class FoldersView(View):
     def __init__(self, store: MailStore, spool_dir: str | None = None) -> None:
         self.store = store
         self._spool_dir = spool_dir
-        self._lock = threading.Lock()  # guards _new_files, _aliases, _tree_source, _tree, _entries_cache
+        self._lock = threading.Lock()  # guards _new_files, _aliases, _entries_cache
         self._new_files: dict[tuple[str, str], NewFile] = {}
         # The name a file was written under resolves, with the size it reads
         # with and the time a tool set on it, for as long as the mount lives:
         # rsync -rt compares both on its next run.
         self._aliases: LRUCache[tuple[str, str], Alias] = LRUCache(maxsize=MAX_ALIASES)
-        self._tree_source: list[Folder] | None = None
-        self._tree = DirNode(folder=None)
+        self._tree = FolderTree(store)
         # (parts, node, listing, size epoch, new files) of the last directory listed, and its entries.
         self._entries_cache: tuple[tuple[object, ...], list[tuple[str, Node]]] | None = None
 
     # --- the tree --------------------------------------------------------
     def _root(self) -> DirNode:
-        folders = self.store.folders()
-        with self._lock:
-            if folders is not self._tree_source:
-                self._tree = build_tree(folders)
-                self._tree_source = folders
-            return self._tree
+        return self._tree.root()
 
     def _dir(self, parts: Parts) -> DirNode | None:
         return walk(self._root(), parts)
@@ -343,6 +337,25 @@ def refuse_tool_name(parts: Parts, directory: bool) -> None:
     reason = names.tool_file_reason(parts[-1], directory) if parts else None
     if reason:
         raise NotMail(f"{reason}; nothing was stored on the server")
+
+
+class FolderTree:
+    """The directory tree of the folder list, built again only when the store
+    hands out a new list (it replaces the list, never mutates it)."""
+
+    def __init__(self, store: MailStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()  # guards _source, _tree
+        self._source: list[Folder] | None = None
+        self._tree = DirNode(folder=None)
+
+    def root(self) -> DirNode:
+        folders = self._store.folders()
+        with self._lock:
+            if folders is not self._source:
+                self._tree = build_tree(folders)
+                self._source = folders
+            return self._tree
 
 
 def build_tree(folders: list[Folder]) -> DirNode:
