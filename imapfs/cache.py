@@ -78,6 +78,11 @@ class ListingCache:
         with self._lock:
             return self._generations.get(folder, 0)
 
+    def generations(self) -> dict[str, int]:
+        """Every folder's generation now (a folder not in it: 0)."""
+        with self._lock:
+            return dict(self._generations)
+
     def get(self, folder: str) -> Listing | None:
         with self._lock:
             return self._listings.get(folder)

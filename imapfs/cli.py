@@ -298,6 +298,7 @@ def run_mount(account: Account, credentials: Credentials, options: Options, fuse
             # right after mounting would otherwise have its first reads wait for
             # read-ahead windows to finish their TLS handshakes and logins.
             pool.warm_up(options.connections)
+            store.prefetch_folders()
             watcher.start()
         report_ready()
 

@@ -23,14 +23,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any, NamedTuple, TypeVar
 
 import imapclient
 from imapclient import exceptions as imapexc
 from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imapclient import SocketTimeout, _literal, seq_to_parenstr, seq_to_parenstr_upper
-from imapclient.response_parser import parse_message_list
+from imapclient.response_parser import parse_message_list, parse_response
 
 from imapfs import names
 from imapfs.config import Account, Options
@@ -293,8 +293,32 @@ class Session:
 
     # --- reading ---------------------------------------------------------
     def list_folders(self) -> list[Folder]:
+        return self.list_folders_with_status()[0]
+
+    def list_folders_with_status(self) -> tuple[list[Folder], dict[str, FolderStatus]]:
+        """LIST of every folder; where the server offers LIST-STATUS (RFC
+        5819), with each selectable folder's MESSAGES, UIDNEXT, UIDVALIDITY
+        (and HIGHESTMODSEQ) in the same round trip: what an EXAMINE would
+        tell, for all folders at once. Without it, no statuses."""
+        status_lines: list[Any] = []
         with self._translating(), self._names_as_sent():
-            rows = self._client.list_folders()
+            if self.has("LIST-STATUS"):
+                imap = self._client._imap
+                items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"] + (["HIGHESTMODSEQ"] if self.has("CONDSTORE") else [])
+                # With RETURN options a server sends only the attributes asked
+                # for: the children and special-use ones a plain LIST carries
+                # (\Trash names the Trash folder) must be asked for too.
+                options = [option for option, capability in (("CHILDREN", "LIST-EXTENDED"),
+                                                              ("SPECIAL-USE", "SPECIAL-USE")) if self.has(capability)]
+                options.append(f"STATUS ({' '.join(items)})")
+                imap.untagged_responses.pop("STATUS", None)
+                typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", f"({' '.join(options)})")
+                self._client._checkok("list", typ, data)
+                status_lines = imap.untagged_responses.pop("STATUS", [])
+                typ, data = imap._untagged_response(typ, data, "LIST")
+                rows = self._client._proc_folder_list(data)
+            else:
+                rows = self._client.list_folders()
         folders = []
         for flags, delimiter, wire in rows:
             if isinstance(delimiter, bytes):
@@ -305,7 +329,7 @@ class Session:
                 continue
             flag_set = frozenset(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
             folders.append(Folder(name=name, delimiter=delimiter or None, flags=flag_set))
-        return folders
+        return folders, _statuses(status_lines)
 
     def select(self, folder: str, readonly: bool = True) -> FolderStatus:
         """EXAMINE (readonly) or SELECT a folder; always re-issued so EXISTS is current.
@@ -475,19 +499,161 @@ class Session:
         So keywords go as atoms and every query.Value as a quoted string, or
         as a literal when it is not plain printable ASCII (UTF-8 with CHARSET).
         """
-        args: list[bytes] = [b"CHARSET", charset.encode("ascii")] if charset else []
-        for key in keys:
-            if not isinstance(key, Value):
-                args.append(key.encode("ascii"))
-                continue
-            data = key.encode("utf-8")
-            if all(0x20 <= byte < 0x7F for byte in data):
-                args.append(b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
-            else:
-                args.append(_literal(data))
+        args: list[bytes] = []
+        for word in _search_words(keys, charset, literal_plus=False):
+            args.append(_literal(word[1]) if word[0] == "literal" else word[1])
         with self._translating():
             found = self._client._raw_command_untagged(b"SEARCH", args)
             return sorted(int(u) for u in parse_message_list(found))
+
+    def search_each(self, folders: list[str], keys: Iterable[str], charset: str | None = None,
+                    items: list[str] | None = None, *, fetch_in: Collection[str] | None = None,
+                    literal_limit: int | None = None) -> list[Searched]:
+        """EXAMINE, then UID SEARCH for keys, in each folder; with items, also
+        UID FETCH of those items for the messages found (in the folders of
+        fetch_in only, when given).
+
+        Every command for every folder is sent at once and the answers read
+        in order, so the whole costs one round trip (two where the server
+        lacks SEARCHRES and items are asked for: then the fetch of what was
+        found follows). A server runs a command that needs a selected folder
+        only after the EXAMINE before it (RFC 3501 5.5); with SEARCHRES
+        (RFC 5182) the search saves its result and ``UID FETCH $`` fetches
+        it, so the UIDs need not travel before the fetch is sent. A folder
+        that cannot be examined (deleted meanwhile) answers with no status; a
+        search the server refuses, with its words. Afterwards the last folder
+        that was examined is the selected one.
+
+        A value that needs a literal goes as a non-synchronising one
+        (LITERAL+); without LITERAL+ such a search is sent folder by folder,
+        waiting for each continuation.
+        """
+        keys = list(keys)
+        literal_plus = self.has("LITERAL+")
+        words = _search_words(keys, charset, literal_plus=literal_plus)
+        if not literal_plus and any(kind == "literal" for kind, _ in words):
+            return [self._search_one(folder, keys, charset, items if fetch_in is None or folder in fetch_in else None,
+                                     literal_limit) for folder in folders]
+        save = items is not None and self.has("SEARCHRES") and self.has("ESEARCH")
+        criteria = b" ".join(word for _, word in words)
+        search = b"UID SEARCH " + (b"RETURN (SAVE ALL) " if save else b"") + criteria
+        fetch = b"UID FETCH $ " + seq_to_parenstr_upper(items).encode("ascii") if save and items else None
+
+        def commands(folder: str) -> list[bytes]:
+            return [search, fetch] if fetch and (fetch_in is None or folder in fetch_in) else [search]
+
+        answers = self._each_examined(folders, commands, literal_limit)
+        results = []
+        for folder, (status, replies) in zip(folders, answers, strict=True):
+            if status is None:
+                results.append(Searched(folder, None, [], None, None))
+                continue
+            (typ, text, untagged), *fetched = replies
+            if typ != "OK":
+                results.append(Searched(folder, status, [], None, text or typ))
+                continue
+            uids = _esearch_uids(untagged.get("ESEARCH", [])) if save else \
+                sorted(int(u) for u in parse_message_list(untagged.get("SEARCH", [])))
+            metadata = _fetched_by_uid(fetched[0][2]) if fetched and fetched[0][0] == "OK" else None
+            results.append(Searched(folder, status, uids, metadata, None))
+        if items is not None and not save:
+            wanted = [r for r in results if r.uids and (fetch_in is None or r.folder in fetch_in)]
+            if wanted:
+                uid_sets = {r.folder: compact_uid_set(r.uids) for r in wanted}
+                item_list = seq_to_parenstr_upper(items).encode("ascii")
+                fetched = self._each_examined(
+                    [r.folder for r in wanted],
+                    lambda folder: [b"UID FETCH " + uid_sets[folder].encode("ascii") + b" " + item_list],
+                    literal_limit)
+                metadata = {r.folder: _fetched_by_uid(replies[0][2]) if status is not None and replies[0][0] == "OK"
+                            else None for r, (status, replies) in zip(wanted, fetched, strict=True)}
+                results = [r._replace(metadata=metadata[r.folder]) if r.folder in metadata else r for r in results]
+        return results
+
+    def _search_one(self, folder: str, keys: list[str], charset: str | None, items: list[str] | None,
+                    literal_limit: int | None) -> Searched:
+        """search_each's way for one folder when the search must wait for continuations."""
+        try:
+            status = self.select(folder, readonly=True)
+        except (NotFound, ProtocolError):
+            return Searched(folder, None, [], None, None)
+        try:
+            uids = self.search_matching(keys, charset)
+        except ProtocolError as exc:
+            return Searched(folder, status, [], None, str(exc))
+        metadata = self.fetch(uids, items, literal_limit=literal_limit) if items is not None and uids else None
+        return Searched(folder, status, uids, metadata, None)
+
+    def _each_examined(self, folders: list[str], commands: Callable[[str], list[bytes]],
+                       literal_limit: int | None) -> list[tuple[FolderStatus | None, list[tuple[str, str, dict]]]]:
+        """EXAMINE each folder followed by its commands (UID commands, as
+        bytes without a tag), all sent at once; per folder its status (None:
+        it could not be examined) and, per command, (result, the server's
+        text, the untagged answers it brought by type)."""
+        imap = self._client._imap
+        sent: list[tuple[str, bytes, list[bytes]]] = []
+        lines: list[bytes] = []
+        for folder in folders:
+            with self._names_as_sent():
+                mailbox = self._client._normalise_folder(self._wire(folder))
+            examine = imap._new_tag()
+            lines.append(examine + b" EXAMINE " + (mailbox if isinstance(mailbox, bytes) else mailbox.encode()))
+            following = []
+            for command in commands(folder):
+                following.append(imap._new_tag())
+                lines.append(following[-1] + b" " + command)
+            sent.append((folder, examine, following))
+        self.selected = None
+        self.status = None
+        answers: list[tuple[FolderStatus | None, list[tuple[str, str, dict]]]] = []
+        last: FolderStatus | None = None
+        self.literal_limit = literal_limit
+        try:
+            with self._translating():
+                self.broken = True  # until every command is answered
+                for _, examine, following in sent:
+                    imap.tagged_commands[examine] = None
+                    for tag in following:
+                        imap.tagged_commands[tag] = None
+                imap.untagged_responses = {}
+                imap.send(b"".join(line + b"\r\n" for line in lines))
+                for folder, examine, following in sent:
+                    typ, _text, untagged = self._answer(examine, "EXAMINE")
+                    status = self._status_from(untagged) if typ == "OK" else None
+                    if status is None:
+                        log.info("could not examine %r: %s", folder, _text)
+                    last = status
+                    answers.append((status, [self._answer(tag, "UID") for tag in following]))
+                self.broken = False
+        finally:
+            self.literal_limit = None
+        imap.state = "SELECTED" if last is not None else "AUTH"
+        imap.is_readonly = True
+        if last is not None:
+            self.selected, self.selected_readonly, self.status = folders[-1], True, last
+        return answers
+
+    def _answer(self, tag: bytes, name: str) -> tuple[str, str, dict]:
+        """Wait for tag's completion; its result, text and the untagged answers it brought."""
+        imap = self._client._imap
+        try:
+            typ, data = imap._command_complete(name, tag)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:  # BAD: read whole, the stream is still in step
+            typ, data = "BAD", [str(exc).encode()]
+        untagged, imap.untagged_responses = imap.untagged_responses, {}
+        text = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+        return typ, text, untagged
+
+    def _status_from(self, untagged: dict) -> FolderStatus:
+        response = self._client._process_select_response(untagged)
+        return FolderStatus(
+            uidvalidity=int(response.get(b"UIDVALIDITY", 0)),
+            exists=int(response.get(b"EXISTS", 0)),
+            uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
+            highestmodseq=int(response[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in response else None,
+        )
 
     # --- writing ---------------------------------------------------------
     def append(self, folder: str, literal: Literal, flags: Iterable[str],
@@ -698,6 +864,81 @@ def _appenduid(response: Any) -> tuple[int, int] | None:
     if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
         return int(fields[0]), int(fields[1])
     return None
+
+
+class Searched(NamedTuple):
+    """What search_each found in one folder."""
+
+    folder: str
+    status: FolderStatus | None  # None: the folder could not be examined (gone)
+    uids: list[int]
+    metadata: dict[int, dict[bytes, Any]] | None  # the items asked for, by UID; None: not fetched
+    refused: str | None  # the server's words when it refused the search
+
+
+def _search_words(keys: Iterable[str], charset: str | None, *, literal_plus: bool) -> list[tuple[str, bytes]]:
+    """The search criteria as (kind, bytes) words: keywords as atoms, every
+    query.Value quoted, or as a literal when it is not printable ASCII
+    ("literal": the bare data, unless literal_plus made it a complete
+    non-synchronising literal)."""
+    words: list[tuple[str, bytes]] = [("atom", b"CHARSET"), ("atom", charset.encode("ascii"))] if charset else []
+    for key in keys:
+        if not isinstance(key, Value):
+            words.append(("atom", key.encode("ascii")))
+            continue
+        data = key.encode("utf-8")
+        if all(0x20 <= byte < 0x7F for byte in data):
+            words.append(("quoted", b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'))
+        elif literal_plus:
+            words.append(("quoted", b"{%d+}\r\n" % len(data) + data))
+        else:
+            words.append(("literal", data))
+    return words
+
+
+def _statuses(lines: list[Any]) -> dict[str, FolderStatus]:
+    """The untagged STATUS answers of a LIST-STATUS, by folder name. One
+    that cannot be read (a name that does not decode, a count missing) is
+    left out, and answers that do not parse at all give none: those
+    folders are simply examined when they are used."""
+    try:
+        parsed = parse_response([line for line in lines if line not in (b"", None)])
+    except imapexc.ProtocolError as exc:
+        log.debug("ignoring STATUS answers that cannot be parsed: %s", exc)
+        return {}
+    statuses: dict[str, FolderStatus] = {}
+    for wire, items in zip(parsed[0::2], parsed[1::2], strict=False):
+        try:
+            values = {bytes(items[i]).upper(): int(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+            name = names.decode_folder_name(wire if isinstance(wire, bytes) else str(wire).encode())
+            if name is None:
+                continue
+            statuses[name] = FolderStatus(
+                uidvalidity=values[b"UIDVALIDITY"], exists=values[b"MESSAGES"], uidnext=values[b"UIDNEXT"],
+                highestmodseq=values.get(b"HIGHESTMODSEQ"))
+        except (KeyError, ValueError, TypeError) as exc:
+            log.debug("ignoring a STATUS answer that cannot be read (%s): %r %r", exc, wire, items)
+    return statuses
+
+
+def _esearch_uids(lines: list[Any]) -> list[int]:
+    """UIDs of an ESEARCH answer (RFC 4731): ``(TAG "x") UID ALL 1:3,7``; none without ALL."""
+    uids: list[int] = []
+    for line in lines:
+        text = line.decode("ascii", "replace") if isinstance(line, bytes) else str(line)
+        match = re.search(r"\bALL\s+([0-9:,]+)", text, re.IGNORECASE)
+        if match:
+            uids.extend(parse_uid_set(match.group(1)))
+    return sorted(set(uids))
+
+
+def _fetched_by_uid(untagged: dict) -> dict[int, dict[bytes, Any]]:
+    """The untagged FETCH answers of one command, by UID (those without a UID dropped)."""
+    fetched: dict[int, dict[bytes, Any]] = {}
+    for values in parse_responses(untagged.get("FETCH", [])):
+        if b"UID" in values:
+            fetched.setdefault(int(values[b"UID"]), {}).update(values)
+    return fetched
 
 
 def connect(account: Account, credentials: Credentials | str, options: Options) -> Session:

@@ -26,6 +26,7 @@ from imapfs.cache import BodyCache, DiskCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import (
     AlreadyExists,
+    ImapFSError,
     InvalidQuery,
     NotEmpty,
     NotFound,
@@ -37,8 +38,8 @@ from imapfs.errors import (
     StaleMessage,
     WriteUncertain,
 )
-from imapfs.model import Folder, Listing, MessageMeta
-from imapfs.pool import ConnectionPool, Namespaces, Session, compact_uid_set
+from imapfs.model import Folder, FolderStatus, Listing, MessageMeta
+from imapfs.pool import ConnectionPool, Namespaces, Searched, Session, compact_uid_set
 from imapfs.readahead import ReadAhead
 from imapfs.spool import Literal
 
@@ -96,6 +97,8 @@ class MailStore:
         self._sync_locks: dict[str, threading.Lock] = {}
         self._sync_locks_guard = threading.Lock()  # guards _sync_locks
         self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
+        # (when, folder -> status, generations before) of the last LIST-STATUS (see listed_status).
+        self._listed: tuple[float, dict[str, FolderStatus], dict[str, int]] = (float("-inf"), {}, {})
         # Called with a folder's name whenever it is listed: the watcher IDLEs on the latest.
         self.on_folder_used: Callable[[str], None] | None = None
         # Called with (folder, file names) whose attributes the kernel may hold
@@ -143,8 +146,9 @@ class MailStore:
                 from_disk = self.disk.folders()
                 if from_disk is not None:
                     cached = (float("-inf"), from_disk)  # a previous mount's: shown only if the server is away
+            before = self.listings.generations()
             try:
-                folders = self.pool.run(lambda s: s.list_folders())
+                folders, statuses = self.pool.run(lambda s: s.list_folders_with_status())
             except ServerUnavailable as exc:
                 if not cached:
                     raise
@@ -153,9 +157,33 @@ class MailStore:
                                           cached[1], generation)
                 return cached[1]
             self.listings.put_folders(self._clock(), folders, generation)
+            self._listed = (self._clock(), statuses, before)
             if self.disk is not None and (not cached or cached[1] != folders):
                 self.disk.put_folders(folders)
             return folders
+
+    def listed_status(self, folder: str) -> FolderStatus | None:
+        """The folder's status as the last LIST-STATUS gave it, while that is
+        as trustworthy as a listing: younger than listing_ttl, and nothing
+        changed the folder since (its generation has not moved)."""
+        when, statuses, generations = self._listed
+        status = statuses.get(folder)
+        if status is None or self._clock() - when >= self.options.listing_ttl \
+                or self.listings.generation(folder) != generations.get(folder, 0):
+            return None
+        return status
+
+    def prefetch_folders(self) -> None:
+        """folders() in a thread of its own, right after mounting: the first
+        lookup (an ls, a search) then finds the folder list already known
+        instead of waiting a round trip for LIST."""
+        def list_now() -> None:
+            try:
+                self.folders()
+            except ImapFSError as exc:
+                log.debug("listing folders at mount failed: %s", exc)
+
+        threading.Thread(target=list_now, name="imapfs-folders", daemon=True).start()
 
     def folder(self, name: str) -> Folder:
         for folder in self.folders():
@@ -367,6 +395,11 @@ class MailStore:
         """The listing as last synchronised, without asking the server."""
         return self.listings.get(folder)
 
+    def fresh_listing(self, folder: str) -> Listing | None:
+        """The listing if it is fresh (within listing_ttl, not marked stale), without asking the server."""
+        listing = self.listings.get(folder)
+        return listing if self._fresh(listing) else None
+
     def cached_listings(self) -> list[Listing]:
         """Every folder listed since mount (within the header cache's bound)."""
         return self.listings.snapshot()
@@ -387,8 +420,20 @@ class MailStore:
         return self.pool.run(lambda s: s.has(name))
 
     def search(self, folder: str, keys: tuple[str, ...], charset: str | None = None) -> Found:
-        """(UIDVALIDITY, UIDs) of the folder's messages matching keys (from
-        imapfs.query): one UID SEARCH on the server, no body fetched.
+        """search_folders() in one folder."""
+        return self.search_folders([folder], keys, charset)[folder]
+
+    def search_folders(self, folders: list[str], keys: tuple[str, ...],
+                       charset: str | None = None) -> dict[str, Found]:
+        """(UIDVALIDITY, UIDs) of each folder's messages matching keys (from
+        imapfs.query): UID SEARCH on the server, no body fetched. For a
+        folder whose listing is not fresh, the matches' metadata (what a
+        listing holds, for those UIDs only) comes with it.
+
+        The folders are spread over the pool's connections, and each
+        connection gets all of its folders' commands at once
+        (Session.search_each): the whole search costs about one round trip,
+        where 30 folders one after another would cost 60.
 
         Kept for listing_ttl, as a listing is, and dropped as soon as the
         folder's generation moves (a write through this mount, or the
@@ -397,50 +442,53 @@ class MailStore:
         (deleted meanwhile) has no matches; a search the server refuses
         (BAD, NO [BADCHARSET]) is an InvalidQuery.
         """
-        cache_key = (folder, tuple(keys), charset)
-        generation = self.listings.generation(folder)
-        with self._searches_lock:
-            hit = self._searches.get(cache_key)
-        if hit is not None and hit[0] == generation:
-            return hit[2]
-        started = self._clock()
-
-        def work(session: Session) -> Found:
-            try:
-                # Always EXAMINE anew: a session that had the folder selected
-                # before sees mail that arrived since (a MOVE into it, say)
-                # only once it is told, and a SEARCH there could miss it.
-                status = session.select(folder, readonly=True)
-            except (NotFound, ProtocolError) as exc:
-                log.info("not searching %r: %s", folder, exc)
-                return Found(0, ())
-            try:
-                return Found(status.uidvalidity, tuple(session.search_matching(keys, charset)))
-            except ProtocolError as exc:
-                raise InvalidQuery(f"the server refused the search in {folder!r}: {exc}") from exc
-
-        # A text search on a server without an index scans bodies and may take
-        # longer than retry_for: not cut off (nor counted as the server down).
-        found = self.pool.run(work, bounded=False)
-        with self._searches_lock:
-            if self.listings.generation(folder) == generation:
-                self._searches[cache_key] = (generation, started, found)
-        return found
-
-    def search_folders(self, folders: list[str], keys: tuple[str, ...],
-                       charset: str | None = None) -> dict[str, Found]:
-        """search() in every folder, spread over the pool's connections at
-        once: at 50 ms a round trip, 30 folders one after another cost
-        three seconds of waiting, side by side a fraction of that."""
         results: dict[str, Found] = {}
         generations = {name: self.listings.generation(name) for name in folders}
+        started = self._clock()
         with self._searches_lock:
             for name in folders:
                 hit = self._searches.get((name, tuple(keys), charset))
                 if hit is not None and hit[0] == generations[name]:
                     results[name] = hit[2]
+        for name in folders:
+            status = self.listed_status(name)
+            if name not in results and status is not None and status.exists == 0:
+                results[name] = Found(status.uidvalidity, (), {})  # an empty folder matches nothing
         missing = [name for name in folders if name not in results]
-        results.update(zip(missing, self.each(lambda name: self.search(name, keys, charset), missing), strict=True))
+        if not missing:
+            return {name: results[name] for name in folders}
+        unlisted = frozenset(name for name in missing if not self._fresh(self.listings.get(name)))
+        lanes = max(1, min(len(missing), self.options.connections - 1))
+
+        def work(share: list[str]) -> list[Searched]:
+            # A text search on a server without an index scans bodies and may take
+            # longer than retry_for: not cut off (nor counted as the server down).
+            return self.pool.run(lambda session: session.search_each(
+                share, keys, charset, METADATA_ITEMS, fetch_in=unlisted, literal_limit=HEADER_LITERAL_LIMIT),
+                bounded=False)
+
+        shares = [missing[lane::lanes] for lane in range(lanes)]
+        refused: list[str] = []
+        for answers in self._in_parallel(work, shares):
+            for answer in answers:
+                if answer.status is None:
+                    results[answer.folder] = Found(0, ())
+                    continue
+                if answer.refused is not None:
+                    refused.append(f"{answer.folder!r}: {answer.refused}")
+                    continue
+                metas = None
+                if answer.metadata is not None:
+                    metas = {uid: meta for uid in answer.uids if uid in answer.metadata
+                             and (meta := _meta_from_fetch(uid, answer.metadata[uid])) is not None}
+                found = Found(answer.status.uidvalidity, tuple(answer.uids), metas)
+                results[answer.folder] = found
+                with self._searches_lock:
+                    if self.listings.generation(answer.folder) == generations[answer.folder]:
+                        self._searches[(answer.folder, tuple(keys), charset)] = \
+                            (generations[answer.folder], started, found)
+        if refused:
+            raise InvalidQuery(f"the server refused the search in {'; '.join(refused)}")
         return {name: results[name] for name in folders}
 
     def listings_of(self, folders: list[str]) -> dict[str, Listing]:
@@ -451,10 +499,14 @@ class MailStore:
         return {name: fresh[name] for name in folders}
 
     def each(self, work: Callable[[str], T], folders: list[str]) -> list[T]:
-        """work(folder) for each folder, up to `connections` at once (each
+        """work(folder) for each folder, side by side (_in_parallel)."""
+        return self._in_parallel(work, folders)
+
+    def _in_parallel(self, work: Callable[[Any], T], tasks: list[Any]) -> list[T]:
+        """work(task) for each task, up to connections - 1 at once (each
         borrows its own session); the first error is raised once all ended."""
-        if len(folders) <= 1:
-            return [work(name) for name in folders]
+        if len(tasks) <= 1:
+            return [work(task) for task in tasks]
         with self._searches_lock:
             if self._workers is None:
                 # Made at first use, never before FUSE's init: no thread may exist when the mount forks.
@@ -462,7 +514,7 @@ class MailStore:
                     # One connection stays free for the reads of whoever else uses the mount.
                     max_workers=max(1, self.options.connections - 1), thread_name_prefix="imapfs-search")
             workers = self._workers
-        futures = [workers.submit(work, name) for name in folders]
+        futures = [workers.submit(work, task) for task in tasks]
         concurrent.futures.wait(futures)
         return [future.result() for future in futures]
 
@@ -1081,6 +1133,9 @@ class Found(NamedTuple):
 
     uidvalidity: int
     uids: tuple[int, ...]
+    # The matches' metadata by UID, fetched with the search where the folder's
+    # listing was not fresh (None: not fetched; use the listing).
+    metas: dict[int, MessageMeta] | None = None
 
 
 def _check_namespace(namespaces: Namespaces, name: str) -> None:

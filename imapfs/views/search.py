@@ -6,9 +6,11 @@ holding the matching messages under their usual names. The messages are
 MessageRefs from the folders' own listings, so cat, cp, getfattr and the
 kernel's caches treat them exactly as in the folder view.
 
-Cost: one UID SEARCH per folder searched (spread over the pool's
-connections), then a listing (metadata, never bodies) of only the folders
-that hold matches. Results are as fresh as listings are: within listing_ttl,
+Cost: one EXAMINE and UID SEARCH per folder searched, the folders spread
+over the pool's connections and each connection's commands sent at once,
+and the metadata (never bodies) of the matches only, fetched with the search
+(SEARCHRES: ``UID FETCH $``) unless the folder's listing is fresh: about one
+round trip in all. Results are as fresh as listings are: within listing_ttl,
 and renewed at once after a change through the mount or one the watcher saw.
 
 Decisions:
@@ -54,8 +56,7 @@ class Result:
     query: query.Query
     source: tuple[object, ...]  # what it was built from: same objects -> same result
     tree: DirNode
-    messages: dict[str, tuple[Listing, list[MessageMeta]]]  # folder name -> listing, matches in UID order
-    uids: dict[str, frozenset[int]] = field(default_factory=dict)  # folder name -> the UIDs shown
+    messages: dict[str, tuple[int, dict[int, MessageMeta]]]  # folder name -> UIDVALIDITY, matches in UID order
     entries: dict[Parts, list[tuple[str, Node]]] = field(default_factory=dict)
 
 
@@ -79,11 +80,13 @@ class SearchView(View):
                    if f.selectable and parsed.wants_folder(f.name, f.delimiter)]
         found = self.store.search_folders([f.name for f in folders], parsed.keys, parsed.charset)
         matched = [f for f in folders if found[f.name].uids]
-        listings = self.store.listings_of([f.name for f in matched])
-        behind = [f.name for f in matched if not _shows(listings[f.name], found[f.name])]
+        listings = {f.name: self.store.fresh_listing(f.name) for f in matched}
+        behind = [f.name for f in matched if found[f.name].metas is None
+                  and not _shows(listings[f.name], found[f.name])]
         if behind:
-            # The search saw mail (or a recreated folder) the listing does not show
-            # yet: renew both, so what is found is also what is listed.
+            # The search saw mail (or a recreated folder) that the listing it
+            # trusted does not show yet: renew both, so what is found is also
+            # what is listed.
             for name in behind:
                 self.store.changed_elsewhere(name)
             found.update(self.store.search_folders(behind, parsed.keys, parsed.charset))
@@ -100,19 +103,25 @@ class SearchView(View):
 
     @staticmethod
     def _build(parsed: query.Query, source: tuple[object, ...], matched: list[Folder],
-               listings: dict[str, Listing], found: dict[str, Found]) -> Result:
-        messages: dict[str, tuple[Listing, list[MessageMeta]]] = {}
+               listings: dict[str, Listing | None], found: dict[str, Found]) -> Result:
+        """The matches as the folder view shows them: from the folder's
+        listing where it is fresh and shows them, else from the metadata
+        fetched with the search (what a listing would hold for those UIDs)."""
+        messages: dict[str, tuple[int, dict[int, MessageMeta]]] = {}
         shown: list[Folder] = []
         for folder in matched:
             listing, hits = listings[folder.name], found[folder.name]
-            if listing.uidvalidity != hits.uidvalidity:
+            if _shows(listing, hits):
+                known = listing.messages
+            elif hits.metas is not None:
+                known = hits.metas
+            else:
                 continue  # recreated between the search and the listing: nothing found is known to be there
-            metas = [meta for uid in hits.uids if (meta := listing.messages.get(uid)) is not None]
+            metas = {uid: meta for uid in hits.uids if (meta := known.get(uid)) is not None}
             if metas:
-                messages[folder.name] = (listing, metas)
+                messages[folder.name] = (hits.uidvalidity, metas)
                 shown.append(folder)
-        uids = {name: frozenset(meta.uid for meta in metas) for name, (_, metas) in messages.items()}
-        return Result(parsed, source, build_tree(shown), messages, uids)
+        return Result(parsed, source, build_tree(shown), messages)
 
     def _walk(self, parts: Parts) -> tuple[Result | None, DirNode | None]:
         """The result and the directory at parts (the query directory itself for one part)."""
@@ -149,9 +158,9 @@ class SearchView(View):
             return cached
         items: list[tuple[str, Node]] = list(current.children.items())
         if current.folder is not None and current.folder.name in result.messages:
-            listing, metas = result.messages[current.folder.name]
-            items.extend((meta.filename, MessageRef(current.folder, listing.uidvalidity, meta))
-                         for meta in metas if meta.filename not in current.children)
+            uidvalidity, metas = result.messages[current.folder.name]
+            items.extend((meta.filename, MessageRef(current.folder, uidvalidity, meta))
+                         for meta in metas.values() if meta.filename not in current.children)
         with self._lock:
             result.entries[parts] = items
         return items
@@ -190,9 +199,10 @@ class SearchView(View):
                 for name in filenames]
 
 
-def _shows(listing: Listing, found: Found) -> bool:
+def _shows(listing: Listing | None, found: Found) -> bool:
     """Whether the listing holds every UID the search found (in the same UIDVALIDITY)."""
-    return listing.uidvalidity == found.uidvalidity and all(uid in listing.messages for uid in found.uids)
+    return listing is not None and listing.uidvalidity == found.uidvalidity \
+        and all(uid in listing.messages for uid in found.uids)
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
@@ -205,8 +215,8 @@ def _message_in(result: Result, parent: DirNode | None, name: str) -> MessageRef
     if parent is None or parent.folder is None or parent.folder.name not in result.messages:
         return None
     uid = names.uid_from_filename(name)
-    listing, metas = result.messages[parent.folder.name]
-    meta = listing.messages.get(uid) if uid is not None else None
-    if meta is None or meta.filename != name or uid not in result.uids[parent.folder.name]:
+    uidvalidity, metas = result.messages[parent.folder.name]
+    meta = metas.get(uid) if uid is not None else None
+    if meta is None or meta.filename != name:
         return None
-    return MessageRef(parent.folder, listing.uidvalidity, meta)
+    return MessageRef(parent.folder, uidvalidity, meta)

@@ -350,7 +350,7 @@ class Dovecot:
         self.state_dir.mkdir(mode=0o755, exist_ok=True)
         self.run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         _make_traversable(self.run_dir.parent)
-        for path in (self.mail_dir, self.home_dir):
+        for path in (self.mail_dir, self.home_dir, *([self.base_dir / "index"] if self.fts else [])):
             path.mkdir(mode=0o750, exist_ok=True)
             os.chown(path, uid, gid)
 
@@ -420,7 +420,7 @@ passdb {{
 }}
 
 # LAYOUT=fs: '/' is the hierarchy separator on disk too, so dots in names are plain characters.
-mail_location = maildir:{self.mail_dir}/%u:LAYOUT=fs
+mail_location = maildir:{self.mail_dir}/%u:LAYOUT=fs{self._index_location_text()}
 mail_plugins ={self._fts_plugins_text()}
 # A throwaway server: durability is not worth the fsync time.
 mail_fsync = never
@@ -475,6 +475,12 @@ service anvil {{
   }}
 }}
 """
+
+    def _index_location_text(self) -> str:
+        """With an fts index, Dovecot's index files live apart from the mail: the
+        xapian plugin keeps its databases in a "xapian-indexes" directory of the
+        index location, which in the mail root (LAYOUT=fs) LIST would show as a folder."""
+        return f":INDEX={self.base_dir / 'index'}/%u" if self.fts else ""  # made by _prepare
 
     def _fts_plugins_text(self) -> str:
         if self.fts is None:

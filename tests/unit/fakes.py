@@ -19,7 +19,7 @@ from typing import Any
 from imapfs.config import Account, Options
 from imapfs.errors import AlreadyExists, NotFound, NotSupported, ProtocolError
 from imapfs.model import Folder, FolderStatus
-from imapfs.pool import ConnectionPool, Namespaces
+from imapfs.pool import ConnectionPool, Namespaces, Searched
 from imapfs.spool import Literal
 
 
@@ -167,6 +167,16 @@ class FakeSession:
         self._log("LIST")
         return [Folder(name=n, delimiter=self.server.delimiter) for n in sorted(self.server.mailboxes)]
 
+    def list_folders_with_status(self) -> tuple[list[Folder], dict[str, FolderStatus]]:
+        """As pool.Session's: with LIST-STATUS offered, every folder's status too."""
+        if "LIST-STATUS" not in self.capabilities:
+            return self.list_folders(), {}
+        self._log("LIST", "RETURN STATUS")
+        return ([Folder(name=n, delimiter=self.server.delimiter) for n in sorted(self.server.mailboxes)],
+                {n: FolderStatus(uidvalidity=box.uidvalidity, exists=len(box.messages), uidnext=box.uidnext,
+                                 highestmodseq=box.modseq if self.has("CONDSTORE") else None)
+                 for n, box in self.server.mailboxes.items()})
+
     def select(self, folder: str, readonly: bool = True) -> FolderStatus:
         self._log("EXAMINE" if readonly else "SELECT", folder)
         box = self._box(folder)
@@ -301,6 +311,28 @@ class FakeSession:
             raise ProtocolError("NO [BADCHARSET (UTF-8)] non-ASCII search needs CHARSET UTF-8")
         box = self._box()
         return sorted(uid for uid in box.messages if _matches_all(list(keys), box, uid))
+
+    def search_each(self, folders: list[str], keys: Any, charset: str | None = None,
+                    items: list[str] | None = None, *, fetch_in: Any = None,
+                    literal_limit: int | None = None) -> list[Searched]:
+        """As pool.Session.search_each (which pipelines these): per folder EXAMINE,
+        UID SEARCH, and with items a fetch of what was found."""
+        results = []
+        for folder in folders:
+            try:
+                status = self.select(folder, readonly=True)
+            except NotFound:
+                results.append(Searched(folder, None, [], None, None))
+                continue
+            try:
+                uids = self.search_matching(keys, charset)
+            except ProtocolError as exc:
+                results.append(Searched(folder, status, [], None, str(exc)))
+                continue
+            fetch = items is not None and uids and (fetch_in is None or folder in fetch_in)
+            metadata = self.fetch(uids, items) if fetch else None
+            results.append(Searched(folder, status, uids, metadata, None))
+        return results
 
     def copy(self, uids: list[int], target: str) -> None:
         self._log("UID COPY", list(uids), target)

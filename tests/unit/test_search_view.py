@@ -213,3 +213,52 @@ def test_a_dropped_connection_during_a_search_is_retried(server, store):
     uid = server.add("INBOX", mail("needle"))
     server.fail_next.append(ServerUnavailable("connection reset"))
     assert store.search("INBOX", ("TEXT", "needle")).uids == (uid,)
+
+
+def test_a_result_fetches_the_metadata_of_its_matches_only(server, store, view):
+    """A folder of 50 with 2 matches: the search brings those two's metadata; no listing of all 50."""
+    wanted = [server.add("Archive", mail("needle one")), server.add("Archive", mail("needle two"))]
+    for number in range(48):
+        server.add("Archive", mail(f"hay {number}"))
+    shown = files(view, "needle", "Archive")
+    assert sorted(ref.meta.uid for ref in shown.values()) == wanted
+    fetched = [c for c in server.commands if c[0] == "UID FETCH"]
+    assert len(fetched) == 1 and fetched == [("UID FETCH", wanted, tuple(c[2]), ()) for c in fetched]
+    assert not [c for c in server.commands if c == ("UID SEARCH", "ALL")]  # no listing was made
+    # The same names, sizes and times as the folder's own listing gives them.
+    listing = store.listing("Archive")
+    assert {name: ref.meta for name, ref in shown.items()} == {listing.messages[u].filename: listing.messages[u]
+                                                              for u in wanted}
+
+
+def test_a_fresh_listing_is_used_instead_of_fetching_again(server, store, view):
+    uid = server.add("Archive", mail("needle"))
+    listing = store.listing("Archive")
+    before = len([c for c in server.commands if c[0] == "UID FETCH"])
+    (ref,) = files(view, "needle", "Archive").values()
+    assert ref.meta is listing.messages[uid]
+    assert len([c for c in server.commands if c[0] == "UID FETCH"]) == before
+
+
+def test_empty_folders_by_list_status_are_not_searched_until_that_is_old_or_they_changed(clock):
+    server = FakeServer(capabilities=("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE", "LIST-STATUS"))
+    for name in ("Empty", "Full"):
+        server.create(name)
+    server.add("Full", mail("needle"))
+    store = MailStore(FakePool(server, connections=3), Options(listing_ttl=10, connections=3), clock=clock)
+    store.folders()
+    assert store.search_folders(["Empty", "Full"], ("TEXT", "needle"))["Full"].uids == (1,)
+    assert [c[0] for c in server.commands if c[:2] == ("EXAMINE", "Empty")] == []
+    # Mail filed through the mount moves the folder's generation: the status no longer holds.
+    server.add("Empty", mail("needle too"))
+    store.invalidate("Empty")
+    assert store.search("Empty", ("TEXT", "needle")).uids == (1,)
+    # ... and so does age, for a change elsewhere the watcher has not reported.
+    other = FakeServer(capabilities=("IMAP4REV1", "LIST-STATUS"))
+    other.create("Quiet")
+    later = MailStore(FakePool(other), Options(listing_ttl=10), clock=clock)
+    later.folders()
+    other.add("Quiet", mail("needle"))
+    assert later.search("Quiet", ("TEXT", "needle")).uids == ()  # within listing_ttl, as a listing would be
+    clock.now += 11
+    assert later.search("Quiet", ("TEXT", "needle")).uids == (1,)
