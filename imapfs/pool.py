@@ -570,6 +570,20 @@ class Session:
                 results = [r._replace(metadata=metadata[r.folder]) if r.folder in metadata else r for r in results]
         return results
 
+    def fetch_in(self, folder: str, uids: list[int], items: list[str], *, literal_limit: int | None = None
+                 ) -> tuple[FolderStatus | None, dict[int, dict[bytes, Any]]]:
+        """EXAMINE folder and UID FETCH items of uids there, both sent at once
+        (one round trip); (None, {}) when the folder cannot be examined."""
+        command = b"UID FETCH " + compact_uid_set(uids).encode("ascii") + b" " + \
+            seq_to_parenstr_upper(items).encode("ascii")
+        ((status, replies),) = self._each_examined([folder], lambda _folder: [command], literal_limit)
+        if status is None:
+            return None, {}
+        typ, text, untagged = replies[0]
+        if typ != "OK":
+            raise ProtocolError(f"UID FETCH in {folder!r} failed: {text or typ}")
+        return status, _fetched_by_uid(untagged)
+
     def _search_one(self, folder: str, keys: list[str], charset: str | None, items: list[str] | None,
                     literal_limit: int | None) -> Searched:
         """search_each's way for one folder when the search must wait for continuations."""

@@ -118,6 +118,11 @@ class MailStore:
             TTLCache(maxsize=1024, ttl=max(options.listing_ttl, 0.001), timer=clock)
         self._searches_lock = threading.Lock()  # guards _searches and _workers
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        # (folder, UID) -> (generation, when, UIDVALIDITY, metadata or None) of lookups
+        # answered without a listing (see message()).
+        self._lookups: TTLCache[tuple[str, int], tuple[int, float, int, MessageMeta | None]] = \
+            TTLCache(maxsize=4096, ttl=max(options.listing_ttl, 0.001), timer=clock)
+        self._lookups_lock = threading.Lock()  # guards _lookups
         self._structures_lock = threading.Lock()  # guards _structures
         self._structures: LRUCache[tuple[str, int, int], tuple[mime.StructPart, dict[str, bytes]]] = \
             LRUCache(maxsize=4096)
@@ -377,15 +382,54 @@ class MailStore:
                 changed.append(uid)
         return changed
 
-    def message(self, folder: str, filename: str) -> tuple[Listing, MessageMeta]:
+    def message(self, folder: str, filename: str) -> tuple[int, MessageMeta]:
+        """(UIDVALIDITY, metadata) of the message a file name stands for.
+
+        The name holds the UID. A folder listed this mount (or on disk) is
+        looked in, resynchronised if stale. One not listed this mount is not
+        listed whole for one name: a ``stat`` of one file right after
+        mounting a 100,000-message folder fetches that UID's metadata alone
+        (EXAMINE and UID FETCH sent together, one round trip), kept as a
+        listing would be (listing_ttl, the folder's generation). With the
+        server away, the listing on disk answers, if there is one.
+        """
         uid = names.uid_from_filename(filename)
         if uid is None:
             raise NotFound(filename)
-        listing = self.listing(folder)
-        meta = listing.messages.get(uid)
+        found: tuple[int, MessageMeta | None] | None = None
+        if self.listings.get(folder) is None:
+            try:
+                found = self._one_message(folder, uid)
+            except ServerUnavailable:
+                if self.disk is None:
+                    raise
+                # Offline: the listing on disk, if there is one, is what can be shown.
+        if found is None:
+            listing = self.listing(folder)
+            found = listing.uidvalidity, listing.messages.get(uid)
+        uidvalidity, meta = found
         if meta is None or meta.filename != filename:
             raise NotFound(filename)
-        return listing, meta
+        return uidvalidity, meta
+
+    def _one_message(self, folder: str, uid: int) -> tuple[int, MessageMeta | None]:
+        """One UID's metadata, without a listing of its folder."""
+        key = (folder, uid)
+        generation = self.listings.generation(folder)
+        with self._lookups_lock:
+            hit = self._lookups.get(key)
+        if hit is not None and hit[0] == generation and self._clock() - hit[1] < self.options.listing_ttl:
+            return hit[2], hit[3]
+        started = self._clock()
+        status, fetched = self.pool.run(lambda session: session.fetch_in(
+            folder, [uid], METADATA_ITEMS, literal_limit=HEADER_LITERAL_LIMIT))
+        if status is None:
+            raise NotFound(f"no folder {folder!r}")
+        meta = _meta_from_fetch(uid, fetched[uid]) if uid in fetched else None
+        with self._lookups_lock:
+            if self.listings.generation(folder) == generation:
+                self._lookups[key] = (generation, started, status.uidvalidity, meta)
+        return status.uidvalidity, meta
 
     def invalidate(self, folder: str) -> None:
         self.listings.invalidate(folder)

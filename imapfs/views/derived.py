@@ -153,8 +153,8 @@ class MirrorView(View):
     def _message(self, folder: Folder | None, eml_name: str, path: Parts) -> MessageRef:
         if folder is None or not folder.selectable:
             raise NotFound("/".join(path))
-        listing, meta = self.store.message(folder.name, eml_name)
-        return MessageRef(folder, listing.uidvalidity, meta)
+        uidvalidity, meta = self.store.message(folder.name, eml_name)
+        return MessageRef(folder, uidvalidity, meta)
 
     def _messages(self, node: DirNode) -> list[MessageRef]:
         if node.folder is None or not node.folder.selectable:

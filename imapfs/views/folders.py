@@ -85,8 +85,8 @@ class FoldersView(View):
                 return new
             if alias is not None:
                 return alias
-        listing, meta = self.store.message(folder.name, name)
-        return MessageRef(folder, listing.uidvalidity, meta)
+        uidvalidity, meta = self.store.message(folder.name, name)
+        return MessageRef(folder, uidvalidity, meta)
 
     def message(self, node: Node) -> MessageRef | None:
         return message_behind(self.store, node)

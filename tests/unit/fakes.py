@@ -312,6 +312,15 @@ class FakeSession:
         box = self._box()
         return sorted(uid for uid in box.messages if _matches_all(list(keys), box, uid))
 
+    def fetch_in(self, folder: str, uids: list[int], items: list[str], *, literal_limit: int | None = None
+                 ) -> tuple[FolderStatus | None, dict[int, dict[bytes, Any]]]:
+        """As pool.Session.fetch_in (which pipelines the two): EXAMINE, then UID FETCH."""
+        try:
+            status = self.select(folder, readonly=True)
+        except NotFound:
+            return None, {}
+        return status, self.fetch(uids, items, literal_limit=literal_limit)
+
     def search_each(self, folders: list[str], keys: Any, charset: str | None = None,
                     items: list[str] | None = None, *, fetch_in: Any = None,
                     literal_limit: int | None = None) -> list[Searched]:

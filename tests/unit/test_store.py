@@ -311,3 +311,27 @@ def test_header_cache_costs_a_few_hundred_bytes_per_message():
         tracemalloc.stop()
     assert len(listing.messages) == 10_000
     assert per_message < 400, per_message
+
+
+def test_a_lookup_before_any_listing_fetches_that_uid_and_is_kept_like_a_listing(server, store, clock):
+    for number in range(20):
+        server.add("INBOX", msg(f"many {number}"))
+    name = "2024-03-05_1432_many-7_8.eml"
+    server.commands.clear()
+    uidvalidity, meta = store.message("INBOX", name)
+    assert (meta.uid, uidvalidity) == (8, server.mailboxes["INBOX"].uidvalidity)
+    assert [c[:2] for c in server.commands if c[0] == "UID FETCH"] == [("UID FETCH", [8])]
+    assert store.cached_listing("INBOX") is None  # nothing listed for it
+    store.message("INBOX", name)
+    assert len([c for c in server.commands if c[0] == "UID FETCH"]) == 1  # kept for listing_ttl
+    store.invalidate("INBOX")  # a write through the mount: asked again
+    store.message("INBOX", name)
+    clock.now += 60  # and after listing_ttl
+    store.message("INBOX", name)
+    assert len([c for c in server.commands if c[0] == "UID FETCH"]) == 3
+    server.expunge("INBOX", 8)
+    store.invalidate("INBOX")
+    with pytest.raises(NotFound):
+        store.message("INBOX", name)
+    with pytest.raises(NotFound):
+        store.message("Nowhere", name)

@@ -1,0 +1,81 @@
+"""Costs that follow the work (#13), counted in the commands imapfs sends.
+
+A relay in front of the test Dovecot (tests/support/proxy.py) records every
+line the mount sends, so each test can say what crossed the wire, not only
+what the mount showed; what it showed is checked against a second IMAP
+connection too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+import pytest
+
+from imapfs import names
+from tests.integration.helpers import message, sh
+from tests.support.proxy import ImapProxy
+
+
+class CommandLog(ImapProxy):
+    """Records the command lines clients send (tag stripped, upper-cased verb kept as sent)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.lock = threading.Lock()  # guards lines
+        self.lines: list[str] = []
+
+    def from_client(self, conn, line):
+        with self.lock:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\r\n").split(" ", 1)[-1])
+        return line
+
+    def take(self) -> list[str]:
+        with self.lock:
+            taken, self.lines = self.lines, []
+        return taken
+
+
+@pytest.fixture
+def command_log(dovecot):
+    proxy = CommandLog(dovecot.imaps_port, dovecot.tls_dir, dovecot.ca_file)
+    yield proxy
+    proxy.close()
+
+
+def _name_of(imap, folder: str, uid: int) -> tuple[str, int, float]:
+    """The file name, size and mtime imapfs gives a message, from a second connection's view of it."""
+    imap.select_folder(folder, readonly=True)
+    data = imap.fetch([uid], ["RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])[uid]
+    header = next(v for k, v in data.items() if k.startswith(b"BODY[HEADER"))
+    subject = names.decode_header_text(names.header_value(header, "Subject") or b"")
+    when = data[b"INTERNALDATE"].timestamp()
+    return names.message_filename(uid, when, subject), data[b"RFC822.SIZE"], when
+
+
+def test_stat_of_one_file_right_after_mounting_fetches_that_uid_only(dovecot, imap, fresh_folder, mount,
+                                                                    command_log):
+    for number in range(300):
+        dovecot.append(fresh_folder, message(f"one of many {number}", "x" * number))
+    imap.select_folder(fresh_folder, readonly=True)
+    uids = sorted(imap.search("ALL"))
+    wanted = uids[137]
+    name, size, when = _name_of(imap, fresh_folder, wanted)
+    m = mount("cache_dir=none", url=command_log.url(dovecot.user))
+    command_log.take()  # logins, the folder list: not this test's business
+    shown = os.stat(m.path / fresh_folder / name)
+    assert shown.st_size == size and shown.st_mtime == pytest.approx(when, abs=1)
+    sent = command_log.take()
+    fetches = [line for line in sent if line.upper().startswith("UID FETCH")]
+    assert fetches and all(re.match(rf"UID FETCH {wanted} ", line, re.IGNORECASE) for line in fetches), sent
+    assert not [line for line in sent if "SEARCH" in line.upper()], sent  # no listing was made
+    # A name the folder does not hold (another UID's, or a wrong subject) is ENOENT.
+    other, _, _ = _name_of(imap, fresh_folder, uids[0])
+    for wrong in (other.replace(f"_{uids[0]}.eml", f"_{wanted}.eml"), f"nothing_{uids[-1] + 50}.eml"):
+        assert sh("stat", m.path / fresh_folder / wrong, check=False).returncode != 0
+    # And the folder, listed afterwards, shows the same file as the lookup did.
+    listed = os.stat(m.path / fresh_folder / name)
+    assert (listed.st_size, listed.st_mtime) == (shown.st_size, shown.st_mtime)
+    assert name in os.listdir(m.path / fresh_folder)
