@@ -96,6 +96,19 @@ class ListingCache:
             self._ever_listed.add(listing.folder)
             return True
 
+    def confirm(self, listing: Listing, generation: int, synced_at: float) -> bool:
+        """Keep listing (the very object: views' entries built from it stay
+        valid) as resynchronised at synced_at, found unchanged on the
+        server, unless the folder changed since `generation` was read."""
+        with self._lock:
+            if self._generations.get(listing.folder, 0) != generation:
+                return False
+            listing.synced_at = synced_at
+            listing.stale = False
+            self._listings[listing.folder] = listing
+            self._ever_listed.add(listing.folder)
+            return True
+
     def seen_before(self, folder: str) -> bool:
         """Whether the folder was listed before (its listing may have been dropped since)."""
         with self._lock:

@@ -485,6 +485,35 @@ class Session:
             with self._names_as_sent():
                 return self._client.folder_status(self._wire(folder), what)
 
+    def statuses_of(self, folders: list[str]) -> dict[str, FolderStatus]:
+        """STATUS of each folder, every command sent at once (one round trip);
+        a folder whose STATUS fails (deleted meanwhile) is left out."""
+        if not folders:
+            return {}
+        imap = self._client._imap
+        items = "(MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ)" if self.has("CONDSTORE") else ")")
+        tags, lines = [], []
+        for folder in folders:
+            with self._names_as_sent():
+                mailbox = self._client._normalise_folder(self._wire(folder))
+            tags.append(imap._new_tag())
+            lines.append(tags[-1] + b" STATUS " + (mailbox if isinstance(mailbox, bytes) else mailbox.encode())
+                         + b" " + items.encode("ascii"))
+        answered: list[Any] = []
+        with self._translating():
+            self.broken = True  # until every command is answered
+            for tag in tags:
+                imap.tagged_commands[tag] = None
+            imap.untagged_responses.pop("STATUS", None)
+            imap.send(b"".join(line + b"\r\n" for line in lines))
+            for tag in tags:
+                typ, _text, untagged = self._answer(tag, "STATUS")
+                if typ == "OK":
+                    answered += untagged.get("STATUS", [])
+            self.broken = False
+        wanted = set(folders)
+        return {name: status for name, status in _statuses(answered).items() if name in wanted}
+
     def search_uids(self, criteria: list[str]) -> list[int]:
         """UID SEARCH in the selected folder; criteria as imapclient takes them."""
         with self._translating():

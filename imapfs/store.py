@@ -69,6 +69,8 @@ PART_RANGE = 1 << 20
 # While the server is unreachable, cached listings are shown and the server
 # is tried again after this many seconds.
 OFFLINE_RETRY_SECONDS = 5.0
+# A lookup of a folder path the list does not hold fetches the list again, at most this often.
+MISS_RELIST_SECONDS = 2.0
 
 
 class MailStore:
@@ -97,6 +99,7 @@ class MailStore:
         self._sync_locks: dict[str, threading.Lock] = {}
         self._sync_locks_guard = threading.Lock()  # guards _sync_locks
         self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
+        self._last_miss_relist = float("-inf")  # when relist_after_miss last fetched the list
         # (when, folder -> status, generations before) of the last LIST-STATUS (see listed_status).
         self._listed: tuple[float, dict[str, FolderStatus], dict[str, int]] = (float("-inf"), {}, {})
         # Called with a folder's name whenever it is listed: the watcher IDLEs on the latest.
@@ -161,6 +164,8 @@ class MailStore:
                 self.listings.put_folders(self._clock() - self.options.folders_ttl + OFFLINE_RETRY_SECONDS,
                                           cached[1], generation)
                 return cached[1]
+            if cached and cached[1] == folders:
+                folders = cached[1]  # the same object: views do not build their trees again
             self.listings.put_folders(self._clock(), folders, generation)
             self._listed = (self._clock(), statuses, before)
             if self.disk is not None and (not cached or cached[1] != folders):
@@ -189,6 +194,22 @@ class MailStore:
                 log.debug("listing folders at mount failed: %s", exc)
 
         threading.Thread(target=list_now, name="imapfs-folders", daemon=True).start()
+
+    def relist_after_miss(self) -> bool:
+        """A path that names no folder was looked up: fetch the folder list
+        again, so a folder made elsewhere a moment ago is found (``mkdir``
+        in another client, then ``mv x M/New``) without waiting for
+        folders_ttl. At most once per MISS_RELIST_SECONDS, so tools that
+        probe names that do not exist do not cost a LIST each. Whether a
+        new list was fetched."""
+        now = self._clock()
+        with self._folders_lock:
+            if now - self._last_miss_relist < MISS_RELIST_SECONDS:
+                return False
+            self._last_miss_relist = now
+        self.listings.invalidate_folders()
+        self.folders()
+        return True
 
     def folder(self, name: str) -> Folder:
         for folder in self.folders():
@@ -233,6 +254,11 @@ class MailStore:
                 if from_disk:
                     self.listings.put(listing, generation)
                 return listing
+            if fresh is listing:
+                # Unchanged on the server (one EXAMINE said so): the same object, so
+                # the directory entries built from it are served again as they are.
+                self.listings.confirm(fresh, generation, self._clock())
+                return fresh
             if self.listings.put(fresh, generation):
                 self._write_back(listing, fresh, flag_changes)
             elif self.disk is not None:
@@ -279,6 +305,8 @@ class MailStore:
             flag_changes = []
         del flag_changes[:]  # a retried attempt starts over
         status = session.select(folder, readonly=True)
+        if old is not None and _unchanged(old, status):
+            return old  # listing() confirms it as it is: nothing rebuilt, nothing copied
         if old is not None and old.uidvalidity != status.uidvalidity:
             log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
                      folder, old.uidvalidity, status.uidvalidity)
@@ -1231,6 +1259,16 @@ def _flags(raw: Any) -> tuple[str, ...]:
     if len(_FLAG_TUPLES) < 4096:
         _FLAG_TUPLES[key] = value
     return value
+
+
+def _unchanged(listing: Listing, status: FolderStatus) -> bool:
+    """Whether a folder whose EXAMINE gave status still holds exactly what
+    listing shows: same UIDVALIDITY, UIDNEXT and message count, and under
+    CONDSTORE the same HIGHESTMODSEQ (no flag changed, nothing expunged).
+    Without HIGHESTMODSEQ, flags may have moved unseen: never unchanged."""
+    return (listing.highestmodseq is not None and status.highestmodseq == listing.highestmodseq
+            and status.uidvalidity == listing.uidvalidity and status.uidnext == listing.uidnext
+            and status.exists == len(listing.messages))
 
 
 def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:

@@ -6,10 +6,12 @@ Two threads, started from FUSE's init (after daemonising):
   listed or read, so its changes show within a second or two. IDLE is
   renewed every ``IDLE_RENEW_SECONDS`` (servers may drop it after 30 min),
   and moved when another folder comes into use.
-- A poll every ``poll_interval`` seconds: STATUS (with HIGHESTMODSEQ under
-  CONDSTORE) of every folder listed so far, and LIST for folders created,
-  deleted or renamed elsewhere. A folder whose counters moved is reported;
-  the resync itself then fetches only what changed.
+- A poll every ``poll_interval`` seconds: the status (with HIGHESTMODSEQ
+  under CONDSTORE) of every folder listed so far, and LIST for folders
+  created, deleted or renamed elsewhere; one LIST-STATUS where offered, else
+  a LIST and every STATUS sent at once: a constant number of round trips
+  however many folders are watched. A folder whose counters moved is
+  reported; the resync itself then fetches only what changed.
 
 It only notices; what a change means is decided by the callbacks it is
 given (the store's caches and the kernel's, wired in cli.py).
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from imapfs.config import Account, Options
 from imapfs.credentials import Credentials
 from imapfs.errors import ImapFSError, NotFound
-from imapfs.model import Folder, Listing
+from imapfs.model import Folder, FolderStatus, Listing
 from imapfs.pool import ConnectionPool, Session, connect
 
 log = logging.getLogger(__name__)
@@ -166,9 +168,7 @@ class Watcher:
         listing = next((cached for cached in self._listings() if cached.folder == folder), None)
         if listing is None:
             return
-        seen = {b"UIDVALIDITY": status.uidvalidity, b"MESSAGES": status.exists, b"UIDNEXT": status.uidnext,
-                b"HIGHESTMODSEQ": status.highestmodseq}
-        if _status_differs({key: value for key, value in seen.items() if value is not None}, listing):
+        if _status_differs(status, listing):
             log.debug("%r changed while it was not watched", folder)
             self._report(folder)
 
@@ -193,24 +193,25 @@ class Watcher:
                 log.exception("poll failed")
 
     def poll_once(self) -> None:
-        """STATUS every folder listed so far; LIST for folder changes."""
+        """The status of every folder listed so far, and LIST for folder changes.
+
+        Where the server offers LIST-STATUS (RFC 5819) both come from one
+        LIST: the cost of a poll does not grow with the folders watched.
+        Otherwise every folder's STATUS is sent at once (one round trip too)."""
         listings = self._listings()
         known = self._folders()
 
         def work(session: Session) -> tuple[list[str], list[Folder]]:
+            folders, statuses = session.list_folders_with_status()
+            missing = [listing.folder for listing in listings if listing.folder not in statuses]
+            if missing:
+                statuses.update(session.statuses_of(missing))
             changed = []
             for listing in listings:
-                try:
-                    status = session.status_of(listing.folder)
-                except ImapFSError as exc:
-                    if session.broken:
-                        raise
-                    log.debug("STATUS %r failed: %s", listing.folder, exc)
-                    changed.append(listing.folder)  # gone, probably: let the resync find out
-                    continue
-                if _status_differs(status, listing):
-                    changed.append(listing.folder)
-            return changed, session.list_folders()
+                status = statuses.get(listing.folder)
+                if status is None or _status_differs(status, listing):
+                    changed.append(listing.folder)  # gone, probably, if no status: the resync finds out
+            return changed, folders
 
         changed, folders = self._pool.run(work)
         for folder in changed:
@@ -231,15 +232,13 @@ def _is_trouble(response: tuple) -> bool:
     return bool(response) and isinstance(response[0], bytes) and response[0].upper() in {b"NO", b"BAD", b"BYE"}
 
 
-def _status_differs(status: dict[bytes, int], listing: Listing) -> bool:
-    if status.get(b"UIDVALIDITY") != listing.uidvalidity:
+def _status_differs(status: FolderStatus, listing: Listing) -> bool:
+    if status.uidvalidity != listing.uidvalidity or status.exists != len(listing.messages):
         return True
-    if status.get(b"MESSAGES") != len(listing.messages):
+    if listing.uidnext is not None and status.uidnext is not None and status.uidnext != listing.uidnext:
         return True
-    if listing.uidnext is not None and b"UIDNEXT" in status and status[b"UIDNEXT"] != listing.uidnext:
-        return True
-    modseq = status.get(b"HIGHESTMODSEQ")
-    return modseq is not None and listing.highestmodseq is not None and modseq != listing.highestmodseq
+    return status.highestmodseq is not None and listing.highestmodseq is not None \
+        and status.highestmodseq != listing.highestmodseq
 
 
 def _folder_set(folders: list[Folder]) -> set[tuple[str, bool]]:

@@ -62,6 +62,15 @@ class FoldersView(View):
         return parent.folder, parts[-1]
 
     def resolve(self, parts: Parts) -> Node:
+        try:
+            return self._resolve(parts)
+        except NotFound:
+            # Not a message's name: perhaps a folder made elsewhere since the list was fetched.
+            if not parts or names.uid_from_filename(parts[-1]) is not None or not self.store.relist_after_miss():
+                raise
+            return self._resolve(parts)
+
+    def _resolve(self, parts: Parts) -> Node:
         # The hot path of every lookup, open and stat: one walk, and the
         # write-side tables consulted only when they hold anything.
         if not parts:

@@ -151,6 +151,16 @@ class MaildirView(View):
         return "\\Seen" not in meta.flags and (folder, uidvalidity, meta.uid) not in self._acknowledged
 
     def resolve(self, parts: Parts) -> Node:
+        try:
+            return self._resolve(parts)
+        except NotFound:
+            # Not a message's name (those live in cur/, new/, tmp/): perhaps a
+            # folder made elsewhere since the list was fetched.
+            if not parts or parts[-2:-1] in (("cur",), ("new",), ("tmp",)) or not self.store.relist_after_miss():
+                raise
+            return self._resolve(parts)
+
+    def _resolve(self, parts: Parts) -> Node:
         if not parts:
             return self._root()
         parent = self._dir(parts[:-1])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import subprocess
+import sys
 import uuid
 
 from tests.integration.helpers import eml_files, message, server_messages, sh, wait_for
@@ -222,9 +224,10 @@ def test_existing_messages_are_immutable(dovecot, imap, fresh_folder, mount):
 
 
 def test_refused_append_fails_the_tool_and_loses_nothing(dovecot, imap, fresh_folder, mount, tmp_path):
-    """The server refuses the APPEND (here: the folder was deleted by another
-    client after the mount listed it): cp and mv must fail, and mv must keep
-    its source."""
+    """The folder was deleted by another client after the mount listed it:
+    cp and mv must fail, and mv must keep its source. The lookup of the new
+    name fetches the folder list again and finds the folder gone (ENOENT at
+    create); had it not, the server would refuse the APPEND at close."""
     m = mount("folders_ttl=3600,poll_interval=3600")
     target = m.path / fresh_folder
     assert target.is_dir()
@@ -233,10 +236,31 @@ def test_refused_append_fails_the_tool_and_loses_nothing(dovecot, imap, fresh_fo
     raw = message("precious")
     source.write_bytes(raw)
     done = sh("cp", source, target, check=False)
-    assert done.returncode != 0 and b"failed to close" in done.stderr, done.stderr
+    assert done.returncode != 0 and (b"failed to close" in done.stderr
+                                     or b"No such file or directory" in done.stderr), done.stderr
     done = sh("mv", source, target / "precious.eml", check=False)
     assert done.returncode != 0, done.stderr
     assert source.read_bytes() == raw
+    assert fresh_folder not in {name for _flags, _delim, name in imap.list_folders()}  # no junk folder made
+
+
+def test_an_append_refused_at_close_fails_the_writer_and_says_so(dovecot, imap, fresh_folder, mount, tmp_path):
+    """The folder is deleted elsewhere while a writer has the new file open:
+    the server refuses the APPEND at close, and the writer's close fails."""
+    m = mount("folders_ttl=3600,poll_interval=3600")
+    target = m.path / fresh_folder / "precious.eml"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'wb'); f.write(sys.argv[2].encode()); "
+         "print('written', flush=True); sys.stdin.readline(); f.close()", str(target),
+         message("precious").decode()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline() == b"written\n"
+        dovecot.delete_folder(fresh_folder)
+        _, err = writer.communicate(b"close now\n", timeout=60)
+    finally:
+        writer.kill()
+    assert writer.returncode != 0 and b"Error" in err, err  # after "written": the close failed
     assert "was not appended" in m.log()  # the log says what happened
 
 

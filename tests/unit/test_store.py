@@ -335,3 +335,34 @@ def test_a_lookup_before_any_listing_fetches_that_uid_and_is_kept_like_a_listing
         store.message("INBOX", name)
     with pytest.raises(NotFound):
         store.message("Nowhere", name)
+
+
+def test_an_unchanged_folder_revalidates_with_one_examine_and_keeps_its_listing_object(server, store, clock):
+    from imapfs.views.folders import FoldersView
+    for number in range(7):
+        server.add("INBOX", msg(f"kept {number}"))
+    view = FoldersView(store)
+    node = view.resolve(("INBOX",))
+    first = store.listing("INBOX")
+    entries = view.entries(("INBOX",), node)
+    clock.now += 60
+    server.commands.clear()
+    assert store.listing("INBOX") is first
+    assert [c[0] for c in server.commands] == ["EXAMINE"]  # one round trip, nothing fetched
+    assert view.entries(("INBOX",), node) is entries  # no entry rebuilt
+    # A flag changed elsewhere moves HIGHESTMODSEQ: then it is resynchronised.
+    server.set_flags("INBOX", 3, {"\\Seen"})
+    clock.now += 60
+    changed = store.listing("INBOX")
+    assert changed is not first and changed.messages[3].flags == ("\\Seen",)
+    assert view.entries(("INBOX",), node) is not entries
+
+
+def test_without_condstore_an_unchanged_looking_folder_is_still_resynchronised(clock):
+    server = FakeServer(capabilities=("IMAP4REV1", "MOVE", "UIDPLUS"))
+    server.add("INBOX", msg("plain"))
+    store = MailStore(FakePool(server), Options(listing_ttl=10), clock=clock)
+    store.listing("INBOX")
+    server.set_flags("INBOX", 1, {"\\Flagged"})  # no HIGHESTMODSEQ to tell
+    clock.now += 60
+    assert store.listing("INBOX").messages[1].flags == ("\\Flagged",)

@@ -6,8 +6,8 @@ from imapfs.watcher import Watcher
 from tests.unit.fakes import FakePool, FakeServer
 
 
-def make():
-    server = FakeServer()
+def make(capabilities=None):
+    server = FakeServer(**({"capabilities": capabilities} if capabilities else {}))
     server.create("Archive")
     server.add("INBOX", b"Subject: a\r\n\r\n")
     server.add("Archive", b"Subject: b\r\n\r\n")
@@ -45,6 +45,17 @@ def test_new_mail_expunge_and_flags_are_reported_per_folder():
     server.set_flags("Archive", 1, {"\\Seen"})  # only HIGHESTMODSEQ moves
     watcher.poll_once()
     assert changed == ["Archive"]
+
+
+def test_with_list_status_a_poll_is_one_command_however_many_folders():
+    server, watcher, changed, _ = make(capabilities=("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE", "LIST-STATUS"))
+    server.commands.clear()
+    watcher.poll_once()
+    assert server.commands == [("LIST", "RETURN STATUS")] and changed == []
+    server.set_flags("Archive", 1, {"\\Flagged"})
+    server.add("INBOX", b"Subject: new\r\n\r\n")
+    watcher.poll_once()
+    assert sorted(changed) == ["Archive", "INBOX"]
 
 
 def test_recreated_and_created_folders_are_reported():
