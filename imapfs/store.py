@@ -1080,12 +1080,15 @@ class MailStore:
         return None
 
     def trash_folder(self) -> str:
-        """The Trash folder (find_trash_folder), created as Trash if there is none."""
+        """The Trash folder (find_trash_folder), created as Trash if there is none:
+        in the personal namespace, so "INBOX.Trash" where that is "INBOX."
+        (Cyrus with Debian's defaults, Courier), which refuse a top-level one."""
         found = self.find_trash_folder()
         if found is not None:
             return found
-        self.create_folder("Trash")
-        return "Trash"
+        name = self.pool.run(lambda session: _personal_prefix(session.namespace()), idempotent=True) + "Trash"
+        self.create_folder(name)
+        return name
 
     def delete(self, folder: str, uidvalidity: int, uid: int, actor: Hashable = None) -> None:
         """rm: move to Trash; in Trash (or with delete=expunge), expunge that UID only.
@@ -1150,18 +1153,23 @@ class MailStore:
 
         Servers whose personal namespace has a prefix (Courier and Cyrus
         with Debian's defaults: "INBOX.") refuse names outside it. Such a
-        name is refused here, before asking, naming the one that would work;
+        name is refused here, before asking, naming the one that would work
+        (or, where it falls in another namespace, as Cyrus's top level does
+        in its shared one, after the server refused, with the same hint);
         a CREATE the server refuses for any other reason is NotPermitted too,
         with the server's words, since asking again changes nothing.
         """
         def work(session: Session) -> None:
-            _check_namespace(session.namespace(), name)
+            namespaces = session.namespace()
+            _check_namespace(namespaces, name)
             try:
                 session.create_folder(name)
             except (AlreadyExists, QuotaError):
                 raise
             except ProtocolError as exc:
-                raise NotPermitted(f"the server refused to create folder {name!r}: {exc}") from exc
+                hint = _outside_personal_hint(namespaces, name)
+                raise NotPermitted(f"the server refused to create folder {name!r}: {exc}"
+                                   + (f" ({hint})" if hint else "")) from exc
 
         try:
             self.pool.run(work, idempotent=False)
@@ -1210,26 +1218,43 @@ class Found(NamedTuple):
     metas: dict[int, MessageMeta] | None = None
 
 
+def _personal_prefix(namespaces: Namespaces) -> str:
+    """Where new folders of the user's own go: "" if any personal namespace has
+    no prefix, else the first one's prefix ("INBOX.")."""
+    if not namespaces.personal or any(not prefix for prefix, _ in namespaces.personal):
+        return ""
+    return namespaces.personal[0][0]
+
+
+def _within(namespaces: Namespaces, prefix: str, name: str) -> bool:
+    """Whether name is in the namespace of prefix. INBOX and its prefix are
+    matched without regard to case, as RFC 3501 5.1 reads INBOX."""
+    bare = prefix[:-1] if prefix and prefix[-1:] in {d for _, d in namespaces.all() if d} else prefix
+    if prefix.upper().startswith("INBOX"):
+        return name.upper().startswith(prefix.upper()) or name.upper() == bare.upper()
+    return name.startswith(prefix) or name == bare
+
+
+def _outside_personal_hint(namespaces: Namespaces, name: str) -> str:
+    """For a new folder name outside the personal namespace, when that has a
+    prefix ("INBOX."): what the server refuses and what to make instead. Else ""."""
+    prefix = _personal_prefix(namespaces)
+    if not prefix or name.upper() == "INBOX" or any(_within(namespaces, p, name) for p, _ in namespaces.personal):
+        return ""
+    return (f"this server keeps personal folders under {prefix!r} (its NAMESPACE) and refuses {name!r}; "
+            f"make it inside that folder instead, as {prefix + name!r}")
+
+
 def _check_namespace(namespaces: Namespaces, name: str) -> None:
     """NotPermitted for a new folder name outside every namespace, when no
     personal namespace has an empty prefix: the server would refuse it
     (Dovecot: "Client tried to access nonexistent namespace"), and the
-    message can say what to make instead. INBOX itself and its prefix are
-    matched without regard to case, as RFC 3501 5.1 reads INBOX."""
-    if not namespaces.personal or any(not prefix for prefix, _ in namespaces.personal):
-        return  # the server's own answer will do
-
-    def within(prefix: str) -> bool:
-        bare = prefix[:-1] if prefix and prefix[-1:] in {d for _, d in namespaces.all() if d} else prefix
-        if prefix.upper().startswith("INBOX"):
-            return name.upper().startswith(prefix.upper()) or name.upper() == bare.upper()
-        return name.startswith(prefix) or name == bare
-
-    if name.upper() == "INBOX" or any(within(prefix) for prefix, _ in namespaces.all()):
-        return
-    prefix = namespaces.personal[0][0]
-    raise NotPermitted(f"this server keeps personal folders under {prefix!r} (its NAMESPACE) and refuses "
-                       f"{name!r}; make it inside that folder instead, as {prefix + name!r}")
+    message can say what to make instead. A name in another user's or a
+    shared namespace is the server's to refuse (Cyrus's shared one has the
+    empty prefix: top-level folders are shared ones, made by its admins)."""
+    hint = _outside_personal_hint(namespaces, name)
+    if hint and not any(_within(namespaces, prefix, name) for prefix, _ in namespaces.other + namespaces.shared):
+        raise NotPermitted(hint)
 
 
 _FLAG_TUPLES: dict[tuple[Any, ...], tuple[str, ...]] = {}

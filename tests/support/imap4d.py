@@ -21,22 +21,16 @@ on the machine and no PAM. The master runs as root to switch to it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
-import socket
-import ssl
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
-import imapclient
-
-from tests.support.dovecot import OPENSSL_BIN, _free_ports, _stop_session, make_tls
+from tests.support.dovecot import OPENSSL_BIN, _free_ports, make_tls
+from tests.support.servers import LoopbackServer
 
 IMAP4D_BIN = shutil.which("imap4d") or "/usr/sbin/imap4d"
 MAIL_USER = "nobody"
@@ -47,10 +41,11 @@ class Imap4dError(RuntimeError):
     """imap4d could not be started or driven; the message carries the log tail."""
 
 
-class Imap4d:
+class Imap4d(LoopbackServer):
     """One imap4d with one user (``alice@example.test``), Maildir folders, implicit TLS."""
 
-    host: str = "127.0.0.1"
+    error = Imap4dError
+    name = "imap4d"
 
     def __init__(self, base_dir: Path | None = None, *, tls_dir: Path | None = None,
                  local_part: str = "alice", domain: str = "example.test", password: str = "secret pass") -> None:
@@ -68,15 +63,10 @@ class Imap4d:
         self.spool = self.base_dir / "spool"
         self.log_file = self.base_dir / "imap4d.log"
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"imaps://{quote(self.user, safe='')}@{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -84,49 +74,7 @@ class Imap4d:
         if not os.access(IMAP4D_BIN, os.X_OK):
             raise Imap4dError(f"{IMAP4D_BIN} not found: run scripts/setup (mailutils-imap4d)")
         self._prepare()
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                [IMAP4D_BIN, f"--config-file={self.config_file}", "--daemon", "--foreground"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _stop_session(proc.pid, proc)
-
-    def close(self) -> None:
-        self.stop()
-        if self._owns_base_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Imap4d:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def client(self, timeout: float = 30.0) -> imapclient.IMAPClient:
-        """A new client logged in over verified TLS; the caller logs out."""
-        client = imapclient.IMAPClient(self.host, port=self.port, ssl=True,
-                                       ssl_context=ssl.create_default_context(cafile=str(self.ca_file)),
-                                       timeout=timeout)
-        try:
-            client.login(self.user, self.password)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            raise
-        return client
-
-    def log_text(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        self._launch([IMAP4D_BIN, f"--config-file={self.config_file}", "--daemon", "--foreground"], START_TIMEOUT)
 
     # ---------------------------------------------------------------- internals
 
@@ -188,22 +136,3 @@ server {self.host}:{self.port} {{
   }}
 }}
 """
-
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise Imap4dError(f"imap4d exited with status {self._proc.returncode}\n{self.log_text()[-3000:]}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=2.0) as raw, \
-                        context.wrap_socket(raw, server_hostname=self.host) as sock:
-                    if sock.recv(200).startswith(b"* OK"):
-                        return
-            except OSError as exc:
-                last = exc
-            time.sleep(0.1)
-        raise Imap4dError(f"imap4d did not greet on {self.host}:{self.port} within {START_TIMEOUT:.0f} s "
-                          f"({last})\n{self.log_text()[-3000:]}")

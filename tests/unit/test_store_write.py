@@ -157,6 +157,32 @@ def test_a_create_the_server_refuses_is_not_permitted_with_its_words():
         store.create_folder("Top")
 
 
+def test_a_create_the_server_refuses_at_a_shared_top_level_names_what_works():
+    """Cyrus with Debian's defaults: personal "INBOX.", shared "" (the top
+    level is shared folders, made by admins): the server refuses, and the
+    message says where the user's own folders go."""
+    server, store = make()
+    server.namespaces = Namespaces(personal=(("INBOX.", "."),), other=(("user.", "."),), shared=(("", "."),))
+    server.fail_next = [ProtocolError("Permission denied")]
+    with pytest.raises(NotPermitted, match=r"'NewFolder': Permission denied.*NAMESPACE.*'INBOX.NewFolder'"):
+        store.create_folder("NewFolder")
+    assert ("CREATE", "NewFolder") in server.commands
+    server.fail_next = [ProtocolError("Invalid mailbox name")]
+    with pytest.raises(NotPermitted, match=r"Invalid mailbox name$"):  # inside INBOX: no hint
+        store.create_folder("INBOX.a/b")
+
+
+def test_rm_without_a_trash_creates_one_in_a_prefixed_personal_namespace():
+    server = FakeServer(("IMAP4REV1", "MOVE", "UIDPLUS"))
+    server.namespaces = Namespaces(personal=(("INBOX.", "."),), other=(), shared=(("", "."),))
+    store = MailStore(FakePool(server), Options())
+    server.add("INBOX", b"Subject: a\r\n\r\n")
+    validity, uid = uid_in(store, "INBOX")
+    store.delete("INBOX", validity, uid)
+    assert [c for c in server.commands if c[0] == "CREATE"] == [("CREATE", "INBOX.Trash")]
+    assert len(server.mailboxes["INBOX.Trash"].messages) == 1 and not server.mailboxes["INBOX"].messages
+
+
 def test_delete_goes_to_trash_and_expunges_in_trash():
     server, store = make()
     server.add("INBOX", b"Subject: a\r\n\r\n")
