@@ -608,13 +608,30 @@ class Session:
                 self._client.rename_folder(self._wire(old), self._wire(new))
 
     def unselect(self) -> None:
-        with self._translating():
-            if self.has("UNSELECT"):
-                self._client.unselect_folder()
-            else:
+        """Leave the selected folder, expunging nothing.
+
+        UNSELECT where the server has it. Otherwise CLOSE, which on a folder
+        selected read-write expunges every message marked \\Deleted there,
+        by whichever client (RFC 3501 6.4.2): so such a folder is EXAMINEd
+        first (an implicit close that expunges nothing), and CLOSE then
+        leaves a read-only folder (Courier has no UNSELECT)."""
+        try:
+            with self._translating():
+                if self.has("UNSELECT"):
+                    self._client.unselect_folder()
+                    return
+                if self.selected is not None and not self.selected_readonly:
+                    try:
+                        with self._names_as_sent():
+                            self._client.select_folder(self._wire(self.selected), readonly=True)
+                    except imaplib.IMAP4.abort:
+                        raise
+                    except imaplib.IMAP4.error:
+                        return  # gone meanwhile: the failed EXAMINE left no folder selected (RFC 3501 6.3.1)
                 self._client.close_folder()
-        self.selected = None
-        self.status = None
+        finally:
+            self.selected = None
+            self.status = None
 
     # --- waiting for changes (used by the watcher's own connection) ------
     def idle_start(self) -> None:

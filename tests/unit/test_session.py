@@ -101,3 +101,51 @@ def test_a_literal_over_the_limit_is_read_in_pieces_and_dropped(caplog):
     assert session.literals_dropped == 1
     assert len([r for r in caplog.records if "500000000-byte literal" in r.getMessage()]) == 1
     assert client._imap.read(100) == b"x" * 100
+
+
+class CourierLikeClient(StubClient):
+    """No UNSELECT, as Courier: a folder is left with CLOSE, which on one
+    selected read-write expunges every message marked \\Deleted there."""
+
+    def __init__(self, folders: dict[str, int]) -> None:
+        super().__init__(folders)
+        self.read_write: str | None = None
+        self.expunged_by_close: list[str] = []
+
+    def capabilities(self) -> tuple[bytes, ...]:
+        return (b"IMAP4REV1", b"UIDPLUS")
+
+    def select_folder(self, folder, readonly=False):
+        self.read_write = None
+        answer = super().select_folder(folder, readonly)
+        self.read_write = None if readonly else folder
+        return answer
+
+    def close_folder(self):
+        self.calls.append(("CLOSE",))
+        if self.read_write is not None:
+            self.expunged_by_close.append(self.read_write)
+        self.read_write = None
+
+    def rename_folder(self, old, new):
+        self.calls.append(("RENAME", old, new))
+
+
+def test_leaving_a_folder_selected_read_write_without_unselect_expunges_nothing():
+    client = CourierLikeClient({"A": 7})
+    session = Session(client, ACCOUNT)
+    session.select("A", readonly=False)
+    session.unselect()
+    assert client.calls == [("SELECT", "A", False), ("SELECT", "A", True), ("CLOSE",)]
+    assert client.expunged_by_close == []
+    assert session.selected is None and session.status is None
+
+
+def test_leaving_a_folder_deleted_meanwhile_needs_no_close():
+    client = CourierLikeClient({"A": 7})
+    session = Session(client, ACCOUNT)
+    session.select("A", readonly=False)
+    del client.folders["A"]
+    session.unselect()  # the failed EXAMINE left nothing selected: a CLOSE would be BAD
+    assert client.calls[-1] == ("SELECT", "A", True)
+    assert session.selected is None and not session.broken
