@@ -602,7 +602,10 @@ class Session:
 
     def rename_folder(self, old: str, new: str) -> None:
         with self._translating():
-            if self.selected == old:
+            # Courier refuses to rename the folder the session has open, or
+            # one above it ("Can't RENAME the currently-open folder"); a
+            # name that merely starts alike costs one needless unselect.
+            if self.selected is not None and self.selected.startswith(old):
                 self.unselect()
             with self._names_as_sent():
                 self._client.rename_folder(self._wire(old), self._wire(new))

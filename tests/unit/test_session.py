@@ -149,3 +149,15 @@ def test_leaving_a_folder_deleted_meanwhile_needs_no_close():
     session.unselect()  # the failed EXAMINE left nothing selected: a CLOSE would be BAD
     assert client.calls[-1] == ("SELECT", "A", True)
     assert session.selected is None and not session.broken
+
+
+def test_a_folder_is_renamed_only_once_neither_it_nor_one_below_it_is_open():
+    client = CourierLikeClient({"A": 7, "A.B": 8, "C": 9})
+    session = Session(client, ACCOUNT)
+    session.select("C")
+    session.rename_folder("A", "Z")  # another folder open: left open
+    assert session.selected == "C" and client.calls[-1] == ("RENAME", "A", "Z")
+    session.select("A.B")
+    session.rename_folder("A", "Y")  # Courier: "Can't RENAME the currently-open folder"
+    assert client.calls[-2:] == [("CLOSE",), ("RENAME", "A", "Y")]
+    assert session.selected is None
