@@ -492,6 +492,24 @@ class Session:
     # --- writing ---------------------------------------------------------
     def append(self, folder: str, literal: Literal, flags: Iterable[str],
                when: dt.datetime | None) -> tuple[int, int] | None:
+        """APPEND (see _append); once more, after leaving the folder, if the
+        server refused it while this session had that folder EXAMINEd:
+        Courier refuses an APPEND there ("Current box is selected
+        READ-ONLY."). A refusal stored nothing, so sending it again is safe,
+        and other servers never pay for the unselect."""
+        try:
+            return self._append(folder, literal, flags, when)
+        except QuotaError:
+            raise
+        except ProtocolError:
+            if self.selected != folder or not self.selected_readonly:
+                raise
+            log.debug("APPEND to %r refused while it was EXAMINEd; leaving it and sending it again", folder)
+        self.unselect()
+        return self._append(folder, literal, flags, when)
+
+    def _append(self, folder: str, literal: Literal, flags: Iterable[str],
+                when: dt.datetime | None) -> tuple[int, int] | None:
         """APPEND, streaming the literal chunk by chunk; returns (UIDVALIDITY, UID)
         when the server reports APPENDUID.
 

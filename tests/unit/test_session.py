@@ -8,8 +8,9 @@ import logging
 import pytest
 
 from imapfs.config import Account
-from imapfs.errors import NotFound
+from imapfs.errors import NotFound, ProtocolError
 from imapfs.pool import Session
+from imapfs.spool import Literal
 
 ACCOUNT = Account(user="alice", host="stub.invalid", port=993, implicit_tls=True)
 
@@ -161,3 +162,25 @@ def test_a_folder_is_renamed_only_once_neither_it_nor_one_below_it_is_open():
     session.rename_folder("A", "Y")  # Courier: "Can't RENAME the currently-open folder"
     assert client.calls[-2:] == [("CLOSE",), ("RENAME", "A", "Y")]
     assert session.selected is None
+
+
+def test_an_append_refused_into_the_folder_examined_is_sent_again_after_leaving_it(monkeypatch):
+    client = CourierLikeClient({"A": 7, "B": 8})
+    session = Session(client, ACCOUNT)
+    sent: list[tuple[str, str | None]] = []
+
+    def append(folder, literal, flags, when):
+        sent.append((folder, session.selected))
+        if session.selected == folder and session.selected_readonly:
+            raise ProtocolError("append failed: Current box is selected READ-ONLY.")
+        return (7, 1)
+    monkeypatch.setattr(session, "_append", append)
+    session.select("A")
+    assert session.append("A", Literal.from_bytes(b"Subject: x\r\n\r\n"), (), None) == (7, 1)
+    assert sent == [("A", "A"), ("A", None)] and client.calls[-1] == ("CLOSE",)
+    # Refused for another reason, or while another folder is open: not sent again.
+    session.select("B")
+    monkeypatch.setattr(session, "_append", lambda *a: (_ for _ in ()).throw(ProtocolError("NO [TRYCREATE]")))
+    with pytest.raises(ProtocolError):
+        session.append("A", Literal.from_bytes(b"Subject: x\r\n\r\n"), (), None)
+    assert session.selected == "B"
