@@ -956,12 +956,15 @@ class MailStore:
         return None
 
     def trash_folder(self) -> str:
-        """The Trash folder (find_trash_folder), created as Trash if there is none."""
+        """The Trash folder (find_trash_folder), created as Trash if there is none:
+        in the personal namespace, so "INBOX.Trash" where that is "INBOX."
+        (Cyrus with Debian's defaults, Courier), which refuse a top-level one."""
         found = self.find_trash_folder()
         if found is not None:
             return found
-        self.create_folder("Trash")
-        return "Trash"
+        name = self.pool.run(lambda session: _personal_prefix(session.namespace()), idempotent=True) + "Trash"
+        self.create_folder(name)
+        return name
 
     def delete(self, folder: str, uidvalidity: int, uid: int, actor: Hashable = None) -> None:
         """rm: move to Trash; in Trash (or with delete=expunge), expunge that UID only.
@@ -1081,6 +1084,14 @@ class Found(NamedTuple):
 
     uidvalidity: int
     uids: tuple[int, ...]
+
+
+def _personal_prefix(namespaces: Namespaces) -> str:
+    """Where new folders of the user's own go: "" if any personal namespace has
+    no prefix, else the first one's prefix ("INBOX.")."""
+    if not namespaces.personal or any(not prefix for prefix, _ in namespaces.personal):
+        return ""
+    return namespaces.personal[0][0]
 
 
 def _check_namespace(namespaces: Namespaces, name: str) -> None:
