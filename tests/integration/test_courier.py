@@ -24,7 +24,7 @@ import imapclient
 import pytest
 from imapclient.exceptions import LoginError
 
-from tests.integration.helpers import eml_files, message, sh, wait_for
+from tests.integration.helpers import eml_files, message, server_messages, sh, wait_for
 from tests.support.courier import Courier, CourierError
 from tests.support.dovecot import Dovecot, _session_members
 
@@ -71,12 +71,7 @@ def _mount(mount, server: Courier, *options: str):
 
 def _messages(client, folder: str) -> dict[int, tuple[bytes, set[bytes]]]:
     """UID -> (body, flags) as a second connection sees them."""
-    client.select_folder(folder, readonly=True)
-    uids = client.search("ALL")
-    if not uids:
-        return {}
-    data = client.fetch(uids, ["FLAGS", "BODY.PEEK[]"])
-    return {uid: (d[b"BODY[]"], set(d[b"FLAGS"]) - {b"\\Recent"}) for uid, d in data.items()}
+    return {uid: (data["body"], data["flags"]) for uid, data in server_messages(client, folder).items()}
 
 
 def _append(client, folder: str, raw: bytes, flags: tuple[str, ...] = ()) -> int:
