@@ -701,6 +701,24 @@ class Session:
     # --- writing ---------------------------------------------------------
     def append(self, folder: str, literal: Literal, flags: Iterable[str],
                when: dt.datetime | None) -> tuple[int, int] | None:
+        """APPEND (see _append); once more, after leaving the folder, if the
+        server refused it while this session had that folder EXAMINEd:
+        Courier refuses an APPEND there ("Current box is selected
+        READ-ONLY."). A refusal stored nothing, so sending it again is safe,
+        and other servers never pay for the unselect."""
+        try:
+            return self._append(folder, literal, flags, when)
+        except QuotaError:
+            raise
+        except ProtocolError:
+            if self.selected != folder or not self.selected_readonly:
+                raise
+            log.debug("APPEND to %r refused while it was EXAMINEd; leaving it and sending it again", folder)
+        self.unselect()
+        return self._append(folder, literal, flags, when)
+
+    def _append(self, folder: str, literal: Literal, flags: Iterable[str],
+                when: dt.datetime | None) -> tuple[int, int] | None:
         """APPEND, streaming the literal chunk by chunk; returns (UIDVALIDITY, UID)
         when the server reports APPENDUID.
 
@@ -811,19 +829,39 @@ class Session:
 
     def rename_folder(self, old: str, new: str) -> None:
         with self._translating():
-            if self.selected == old:
+            # Courier refuses to rename the folder the session has open, or
+            # one above it ("Can't RENAME the currently-open folder"); a
+            # name that merely starts alike costs one needless unselect.
+            if self.selected is not None and self.selected.startswith(old):
                 self.unselect()
             with self._names_as_sent():
                 self._client.rename_folder(self._wire(old), self._wire(new))
 
     def unselect(self) -> None:
-        with self._translating():
-            if self.has("UNSELECT"):
-                self._client.unselect_folder()
-            else:
+        """Leave the selected folder, expunging nothing.
+
+        UNSELECT where the server has it. Otherwise CLOSE, which on a folder
+        selected read-write expunges every message marked \\Deleted there,
+        by whichever client (RFC 3501 6.4.2): so such a folder is EXAMINEd
+        first (an implicit close that expunges nothing), and CLOSE then
+        leaves a read-only folder (Courier has no UNSELECT)."""
+        try:
+            with self._translating():
+                if self.has("UNSELECT"):
+                    self._client.unselect_folder()
+                    return
+                if self.selected is not None and not self.selected_readonly:
+                    try:
+                        with self._names_as_sent():
+                            self._client.select_folder(self._wire(self.selected), readonly=True)
+                    except imaplib.IMAP4.abort:
+                        raise
+                    except imaplib.IMAP4.error:
+                        return  # gone meanwhile: the failed EXAMINE left no folder selected (RFC 3501 6.3.1)
                 self._client.close_folder()
-        self.selected = None
-        self.status = None
+        finally:
+            self.selected = None
+            self.status = None
 
     # --- waiting for changes (used by the watcher's own connection) ------
     def idle_start(self) -> None:

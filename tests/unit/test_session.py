@@ -8,8 +8,9 @@ import logging
 import pytest
 
 from imapfs.config import Account
-from imapfs.errors import NotFound
+from imapfs.errors import NotFound, ProtocolError
 from imapfs.pool import Session
+from imapfs.spool import Literal
 
 ACCOUNT = Account(user="alice", host="stub.invalid", port=993, implicit_tls=True)
 
@@ -101,3 +102,85 @@ def test_a_literal_over_the_limit_is_read_in_pieces_and_dropped(caplog):
     assert session.literals_dropped == 1
     assert len([r for r in caplog.records if "500000000-byte literal" in r.getMessage()]) == 1
     assert client._imap.read(100) == b"x" * 100
+
+
+class CourierLikeClient(StubClient):
+    """No UNSELECT, as Courier: a folder is left with CLOSE, which on one
+    selected read-write expunges every message marked \\Deleted there."""
+
+    def __init__(self, folders: dict[str, int]) -> None:
+        super().__init__(folders)
+        self.read_write: str | None = None
+        self.expunged_by_close: list[str] = []
+
+    def capabilities(self) -> tuple[bytes, ...]:
+        return (b"IMAP4REV1", b"UIDPLUS")
+
+    def select_folder(self, folder, readonly=False):
+        self.read_write = None
+        answer = super().select_folder(folder, readonly)
+        self.read_write = None if readonly else folder
+        return answer
+
+    def close_folder(self):
+        self.calls.append(("CLOSE",))
+        if self.read_write is not None:
+            self.expunged_by_close.append(self.read_write)
+        self.read_write = None
+
+    def rename_folder(self, old, new):
+        self.calls.append(("RENAME", old, new))
+
+
+def test_leaving_a_folder_selected_read_write_without_unselect_expunges_nothing():
+    client = CourierLikeClient({"A": 7})
+    session = Session(client, ACCOUNT)
+    session.select("A", readonly=False)
+    session.unselect()
+    assert client.calls == [("SELECT", "A", False), ("SELECT", "A", True), ("CLOSE",)]
+    assert client.expunged_by_close == []
+    assert session.selected is None and session.status is None
+
+
+def test_leaving_a_folder_deleted_meanwhile_needs_no_close():
+    client = CourierLikeClient({"A": 7})
+    session = Session(client, ACCOUNT)
+    session.select("A", readonly=False)
+    del client.folders["A"]
+    session.unselect()  # the failed EXAMINE left nothing selected: a CLOSE would be BAD
+    assert client.calls[-1] == ("SELECT", "A", True)
+    assert session.selected is None and not session.broken
+
+
+def test_a_folder_is_renamed_only_once_neither_it_nor_one_below_it_is_open():
+    client = CourierLikeClient({"A": 7, "A.B": 8, "C": 9})
+    session = Session(client, ACCOUNT)
+    session.select("C")
+    session.rename_folder("A", "Z")  # another folder open: left open
+    assert session.selected == "C" and client.calls[-1] == ("RENAME", "A", "Z")
+    session.select("A.B")
+    session.rename_folder("A", "Y")  # Courier: "Can't RENAME the currently-open folder"
+    assert client.calls[-2:] == [("CLOSE",), ("RENAME", "A", "Y")]
+    assert session.selected is None
+
+
+def test_an_append_refused_into_the_folder_examined_is_sent_again_after_leaving_it(monkeypatch):
+    client = CourierLikeClient({"A": 7, "B": 8})
+    session = Session(client, ACCOUNT)
+    sent: list[tuple[str, str | None]] = []
+
+    def append(folder, literal, flags, when):
+        sent.append((folder, session.selected))
+        if session.selected == folder and session.selected_readonly:
+            raise ProtocolError("append failed: Current box is selected READ-ONLY.")
+        return (7, 1)
+    monkeypatch.setattr(session, "_append", append)
+    session.select("A")
+    assert session.append("A", Literal.from_bytes(b"Subject: x\r\n\r\n"), (), None) == (7, 1)
+    assert sent == [("A", "A"), ("A", None)] and client.calls[-1] == ("CLOSE",)
+    # Refused for another reason, or while another folder is open: not sent again.
+    session.select("B")
+    monkeypatch.setattr(session, "_append", lambda *a: (_ for _ in ()).throw(ProtocolError("NO [TRYCREATE]")))
+    with pytest.raises(ProtocolError):
+        session.append("A", Literal.from_bytes(b"Subject: x\r\n\r\n"), (), None)
+    assert session.selected == "B"

@@ -333,3 +333,26 @@ def test_set_flags_replaces_flags():
     store.set_flags("INBOX", validity, uid, ("\\Seen", "\\Flagged"))
     assert server.mailboxes["INBOX"].messages[uid].flags == {"\\Seen", "\\Flagged"}
     assert set(store.listing("INBOX").messages[uid].flags) == {"\\Seen", "\\Flagged"}
+
+
+def test_delete_without_a_trash_folder_makes_it_inside_a_prefixed_personal_namespace():
+    # Courier: every folder is under "INBOX.", a CREATE of "Trash" is refused.
+    server = FakeServer(("IMAP4REV1", "UIDPLUS"))
+    server.delimiter = "."
+    server.namespaces = Namespaces(personal=(("INBOX.", "."),), other=(), shared=())
+    store = MailStore(FakePool(server), Options())
+    server.add("INBOX", b"Subject: a\r\n\r\n")
+    validity, uid = uid_in(store, "INBOX")
+    store.delete("INBOX", validity, uid)
+    assert ("CREATE", "INBOX.Trash") in server.commands
+    assert "Trash" not in server.mailboxes and len(server.mailboxes["INBOX.Trash"].messages) == 1
+    assert store.trash_folder() == "INBOX.Trash"
+
+
+def test_delete_without_a_trash_folder_makes_trash_at_the_top_elsewhere():
+    server = FakeServer(("IMAP4REV1", "MOVE", "UIDPLUS"))
+    store = MailStore(FakePool(server), Options())
+    server.add("INBOX", b"Subject: a\r\n\r\n")
+    validity, uid = uid_in(store, "INBOX")
+    store.delete("INBOX", validity, uid)
+    assert len(server.mailboxes["Trash"].messages) == 1
