@@ -1245,14 +1245,6 @@ def _outside_personal_hint(namespaces: Namespaces, name: str) -> str:
             f"make it inside that folder instead, as {prefix + name!r}")
 
 
-def _personal_prefix(namespaces: Namespaces) -> str:
-    """Where new folders of the user's own go: "" if any personal namespace has
-    no prefix, else the first one's prefix ("INBOX.")."""
-    if not namespaces.personal or any(not prefix for prefix, _ in namespaces.personal):
-        return ""
-    return namespaces.personal[0][0]
-
-
 def _check_namespace(namespaces: Namespaces, name: str) -> None:
     """NotPermitted for a new folder name outside every namespace, when no
     personal namespace has an empty prefix: the server would refuse it
