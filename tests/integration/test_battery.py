@@ -14,6 +14,8 @@ tls_dir):
 - ``cyrus-slash``: Cyrus 3.6 with upstream's defaults: "/" between levels,
   personal folders beside INBOX (altnamespace), other users' and shared
   namespaces under prefixes of their own.
+- ``courier``: Courier-IMAP 5: personal folders under "INBOX.", no UNSELECT,
+  no Trash until imapfs makes one.
 
 What differs between servers is read from the server, not from a table:
 where the user's folders go (the personal NAMESPACE prefix, "INBOX." on
@@ -37,6 +39,7 @@ import pytest
 
 from tests.integration.helpers import eml_files, message, server_messages, sh, wait_for
 from tests.support.corpus import bad_input_message, mime_messages
+from tests.support.courier import Courier
 from tests.support.cyrus import Cyrus
 from tests.support.dovecot import Dovecot
 from tests.support.imap4d import Imap4d
@@ -57,6 +60,7 @@ SERVERS: dict[str, Callable[[Path], Server]] = {
     "imap4d": lambda tls_dir: Imap4d(tls_dir=tls_dir),
     "cyrus-dot": lambda tls_dir: Cyrus(tls_dir=tls_dir, separator="."),
     "cyrus-slash": lambda tls_dir: Cyrus(tls_dir=tls_dir, separator="/", altnamespace=True),
+    "courier": lambda tls_dir: Courier(tls_dir=tls_dir),
 }
 
 
@@ -104,13 +108,13 @@ class Account:
             client.select_folder(folder)
             if flags:
                 client.add_flags([max(client.search("ALL"))], flags)
-            client.unselect_folder()
+            _leave(client)
 
     def settle(self, folder: str) -> None:
         """A read-write SELECT, for imap4d's UIDs (see append)."""
         with self.client() as client:
             client.select_folder(folder)
-            client.unselect_folder()
+            _leave(client)
 
     def messages(self, folder: str) -> dict[int, dict]:
         with self.client() as client:
@@ -132,6 +136,16 @@ class Account:
                 return name
         [name] = [name for _f, _d, name in listed if name.split(self.separator)[-1].lower() == "trash"]
         return name
+
+
+def _leave(client) -> None:
+    """Leave the selected folder without expunging anything: UNSELECT, or
+    where there is none (Courier) EXAMINE of INBOX (a CLOSE after a
+    read-write SELECT would expunge what is marked \\Deleted)."""
+    if client.has_capability("UNSELECT"):
+        client.unselect_folder()
+    else:
+        client.select_folder("INBOX", readonly=True)
 
 
 @pytest.fixture(scope="module", params=list(SERVERS))
@@ -387,3 +401,33 @@ def test_read_only_mount_refuses_writes(account, mount, tmp_path):
     assert data["body"] == raw and data["flags"] == set()
     assert account.messages(other) == {}
     assert account.child(folder, "sub") not in account.folders()
+
+
+# ----------------------------------------------------------------- searching
+
+
+def test_search_finds_what_the_servers_own_uid_search_finds(account, mount):
+    """.search/ in two folders at once, whatever the server offers (imap4d and
+    Courier: no SEARCHRES, no LIST-STATUS; the pipelined EXAMINE + SEARCH and
+    the fetch of the matches' metadata must work there too)."""
+    top = account.folder("search")
+    folders = [account.child(top, "a"), account.child(top, "b")]
+    with account.client() as client:
+        for folder in folders:
+            client.create_folder(folder)
+    for index, folder in enumerate(folders):
+        for number in range(5):
+            body = "needle in the hay" if (number + index) % 2 == 0 else "only hay"
+            account.append(folder, message(f"searched {number}", body))
+    m = _mount(mount, account)
+    expected = {}
+    with account.client() as client:
+        for folder in folders:
+            client.select_folder(folder, readonly=True)
+            expected[folder] = sorted(client.search(["TEXT", "needle"]))
+    result = m.path / ".search" / f"needle in:{top}"
+    for folder in folders:
+        shown = account.path(result, folder)
+        assert sorted(_uid(p) for p in eml_files(shown)) == expected[folder], folder
+        for path in eml_files(shown):  # the real messages, byte for byte
+            assert b"needle" in path.read_bytes()
