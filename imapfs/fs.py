@@ -20,7 +20,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -154,6 +154,35 @@ class DerivedReadHandle:
 Handle = ReadHandle | WriteHandle | SpoolReadHandle | DerivedReadHandle
 
 
+class DirEntries(Sequence):
+    """An open directory's entries as mfusepy and fusebind take them: ".",
+    "..", then (name, stat dict, 0), or the bare name of a file whose
+    attributes the kernel must ask for. Each stat dict is made when its
+    entry is taken, from the view's (name, node) list, which is all that is
+    kept."""
+
+    __slots__ = ("_items", "_attrs")
+
+    def __init__(self, items: list[tuple[str, Node]],
+                 attrs: Callable[[str, Node], dict[str, Any] | None]) -> None:
+        self._items = items
+        self._attrs = attrs
+
+    def __len__(self) -> int:
+        return len(self._items) + 2
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        if index < 0:
+            index += len(self)
+        if index < 2:
+            if index < 0:
+                raise IndexError(index)
+            return ".." if index else "."
+        name, child = self._items[index - 2]
+        attrs = self._attrs(name, child)
+        return name if attrs is None else (name, attrs, 0)
+
+
 class ImapFS(fuse.Operations):
     """The FUSE edge over the views."""
 
@@ -177,9 +206,9 @@ class ImapFS(fuse.Operations):
         self._gid = os.getgid()
         self._mounted_at_ns = store.started_ns
         self._handles: dict[int, Handle] = {}
-        self._dir_snapshots: dict[int, list[Any] | None] = {}  # open directories' entries
+        self._dir_snapshots: dict[int, Sequence[Any] | None] = {}  # open directories' entries
         # (path, plus, the view's entries list, the entries built from it) of the last directory listed.
-        self._entries_cache: tuple[str, bool, list[Any], list[Any]] | None = None
+        self._entries_cache: tuple[str, bool, list[Any], DirEntries] | None = None
         self._handle_ids = itertools.count(1)
         self._state_lock = threading.Lock()  # guards _handles, _dir_snapshots, _entries_cache, _told, _opened_as
         self.initialized = False  # set once the kernel has accepted the mount
@@ -406,7 +435,7 @@ class ImapFS(fuse.Operations):
             self._dir_snapshots.pop(fh, None)
         return 0
 
-    def dir_snapshot(self, path: str, fh: int, offset: int, plus: bool) -> list[Any]:
+    def dir_snapshot(self, path: str, fh: int, offset: int, plus: bool) -> Sequence[Any]:
         """The entries of an open directory, computed when it is read from
         the start and kept for the kernel's follow-up calls at an offset."""
         with self._state_lock:
@@ -419,41 +448,46 @@ class ImapFS(fuse.Operations):
         return entries
 
     def readdir(self, path: str, fh: int) -> list[Any]:
-        return self.readdir_entries(path, fh, plus=False)
+        return list(self.readdir_entries(path, fh, plus=False))
 
     @fuse_operation
-    def readdir_entries(self, path: str, fh: int, plus: bool) -> list[Any]:
-        """Entries with attributes; plus: the kernel takes them as lookups (READDIRPLUS)."""
+    def readdir_entries(self, path: str, fh: int, plus: bool) -> Sequence[Any]:
+        """Entries with attributes; plus: the kernel takes them as lookups (READDIRPLUS).
+
+        Attributes go with the names: with READDIRPLUS (fusebind.ImapFUSE)
+        the kernel then needs no LOOKUP per file for `ls -l`. They are made
+        as each entry is handed over (DirEntries), never kept: a folder of
+        100,000 messages would otherwise hold 100,000 stat dicts and
+        buffers for as long as it is open or cached."""
         view, parts, node = self._locate(path)
         if not isinstance(node, DirNode):
             raise refuse(errno.ENOTDIR)
-        # Attributes go with the names: with READDIRPLUS (fusebind.ImapFUSE)
-        # the kernel then needs no LOOKUP per file for `ls -l`.
         items = view.entries(parts, node)
-        # A big folder listed again unchanged gets the same entries back
-        # (and ImapFUSE the stat buffers it made from them): `ls -l` twice
-        # should not build 10,000 stat dicts twice.
+        # A big folder listed again unchanged gets the same entries back.
         with self._state_lock:
             cached = self._entries_cache
             if cached is not None and cached[0] == path and cached[1] == plus and cached[2] is items:
                 return cached[3]
-        entries: list[Any] = [".", ".."]
         prefix = path.rstrip("/") + "/"
         told = plus and not self.kernel_opens  # only open() reads _told
-        for name, child in items:
+
+        def attrs(name: str, child: Node) -> dict[str, Any] | None:
             if isinstance(child, MessageRef):
                 meta = child.meta
-                entries.append((name, self._stat(0o444, meta.size, int(meta.internaldate * 1e9)), 0))
                 if told:
-                    self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
-            elif isinstance(child, DirNode):
-                entries.append((name, self._dir_stat(view, child), 0))
-            elif isinstance(child, DerivedFile) and child.size_known:
-                entries.append((name, self._stat(0o444, child.size, child.mtime_ns), 0))
+                    with self._state_lock:
+                        self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
+                return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
+            if isinstance(child, DirNode):
+                return self._dir_stat(view, child)
+            if isinstance(child, DerivedFile) and child.size_known:
                 if told:
-                    self._told_derived[prefix + name] = (child.key, child.size)
-            else:
-                entries.append(name)  # being written: its attributes change; the kernel asks
+                    with self._state_lock:
+                        self._told_derived[prefix + name] = (child.key, child.size)
+                return self._stat(0o444, child.size, child.mtime_ns)
+            return None  # being written: its attributes change; the kernel asks
+
+        entries = DirEntries(items, attrs)
         with self._state_lock:
             self._entries_cache = (path, plus, items, entries)
         return entries

@@ -130,33 +130,25 @@ class ImapFUSE(fuse.FUSE):
             items = self.operations.dir_snapshot(decoded, fip.contents.fh, offset, plus)
         except fuse.FuseOSError as exc:
             return -exc.errno
-        prepared = self._prepare(items, plus)
         fill_flags = FUSE_FILL_DIR_PLUS if plus else 0
-        for index in range(offset, len(prepared)):
-            name, stat_arg = prepared[index]
-            if filler(buf, name, stat_arg, index + 1, fill_flags if stat_arg is not None else 0) != 0:
-                break
-        return 0
-
-    def _prepare(self, items: list[Any], plus: bool) -> list[tuple[bytes, Any]]:
-        """Encoded names and filled stat buffers for entries, remembered for
-        the last entries list seen (the same list comes back while unchanged)."""
-        last = getattr(self, "_prepared", None)
-        if last is not None and last[0] is items and last[1] == plus:
-            return last[2]
-        prepared: list[tuple[bytes, Any]] = []
-        for item in items:
+        # One stat buffer for all entries: the filler copies it into the
+        # reply at once, so nothing per entry outlives this call.
+        st = fuse.c_stat()
+        for index in range(offset, len(items)):
+            item = items[index]
             name, attrs = (item, None) if isinstance(item, str) else (item[0], item[1])
-            st = None
+            stat_arg = None
             if isinstance(attrs, dict):
-                st = fuse.c_stat()
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
                 if plus:
                     fill_stat(st, attrs)
                 else:
                     st.st_mode = attrs["st_mode"]
-            prepared.append((name.encode(self.encoding, self.errors), st))
-        self._prepared = (items, plus, prepared)
-        return prepared
+                stat_arg = st
+            if filler(buf, name.encode(self.encoding, self.errors), stat_arg, index + 1,
+                      fill_flags if stat_arg is not None else 0) != 0:
+                break
+        return 0
 
 
 class _FuseArgs(ctypes.Structure):

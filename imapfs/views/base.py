@@ -35,9 +35,10 @@ class DirNode:
     role: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class MessageRef:
-    """A message file: where it lives and what the listing knows of it."""
+    """A message file: where it lives and what the listing knows of it.
+    One per message of every directory listed (slots: no dict each)."""
 
     folder: Folder
     uidvalidity: int
