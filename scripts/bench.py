@@ -24,6 +24,7 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
    Both after the page cache is dropped, as row 3. By default the bench Dovecot
    indexes its mail (dovecot-fts-xapian), as a provider's server does, and the
    searches use the index; ``--fts none`` measures a server that reads every message.
+   The bench waits for that index to hold every message before it times anything.
 
 Why rows 3 to 5 mount with ``-o ro``: searching reads, and the README tells
 users to search through a read-only mount. There the kernel opens, reads from
@@ -63,7 +64,8 @@ counts, the bytes head printed), because a fast wrong answer is worse than a
 slow right one.
 
 Everything runs on loopback: a throwaway Dovecot (tests/support/dovecot.py) with
-TLS, seeded here with parallel MULTIAPPEND (LITERAL+) on several connections.
+TLS, seeded here with parallel MULTIAPPEND (LITERAL+) on several connections
+(``--quick``: 1,000, 200 and 10,000 messages, 30 folders of 50, a 5 MB message).
 ``--latency-ms RTT`` puts a relay (tests/support/proxy.py) between the server
 and everything measured, imapfs and baselines alike, that delays every packet
 by RTT/2 each way: what a server across a network costs in round trips,
@@ -115,6 +117,10 @@ TOKEN = "IMAPFS-BENCH-NEEDLE-7F3A"
 LIST_FOLDER = "bench10k"
 GREP_FOLDER = "bench2k"
 BIG_FOLDER = "big"
+#: Row 12 and 14's folder of 100,000 messages.
+HUGE_FOLDER = "bench100k"
+#: Row 13's folders, all under one parent so that ``find M/many`` walks only them.
+MANY_PARENT = "many"
 HEAD_BYTES = 4096
 #: Batch sizes of the baselines, fixed by the benchmark's definition (not tuned).
 FLOOR_META_BATCH = 500
@@ -149,7 +155,7 @@ WORDS = (
 
 @dataclass(frozen=True)
 class Scale:
-    """Sizes of the three seeded folders; --quick shrinks all of them for a smoke run."""
+    """Sizes of the seeded folders; --quick shrinks all of them for a smoke run."""
 
     list_count: int
     list_size: int
@@ -157,17 +163,28 @@ class Scale:
     grep_size: int
     grep_every: int
     big_bytes: int
+    huge_count: int  # messages in HUGE_FOLDER (rows 12 and 14)
+    huge_size: int
+    many_folders: int  # folders under MANY_PARENT (row 13)
+    many_count: int  # messages in each
+    many_size: int
 
     @property
     def grep_matches(self) -> int:
         """How many messages carry TOKEN: those with index % grep_every == 0."""
         return len(range(0, self.grep_count, self.grep_every))
 
+    @property
+    def many_names(self) -> list[str]:
+        return [f"{MANY_PARENT}/f{i:03d}" for i in range(self.many_folders)]
+
 
 FULL = Scale(list_count=10_000, list_size=1_500, grep_count=2_000, grep_size=10_000, grep_every=8,
-             big_bytes=50 * 1024 * 1024)
+             big_bytes=50 * 1024 * 1024, huge_count=100_000, huge_size=1_500, many_folders=300, many_count=50,
+             many_size=1_500)
 QUICK = Scale(list_count=1_000, list_size=1_500, grep_count=200, grep_size=10_000, grep_every=8,
-              big_bytes=5 * 1024 * 1024)
+              big_bytes=5 * 1024 * 1024, huge_count=10_000, huge_size=1_500, many_folders=30, many_count=50,
+              many_size=1_500)
 
 
 def _filler(rng: random.Random, size: int) -> bytes:
@@ -240,33 +257,61 @@ def big_message(size: int) -> bytes:
 
 def _seed_marker(scale: Scale, fts: str | None = None) -> dict[str, object]:
     """What a kept server dir holds; an fts index is built as mail arrives, so it is part of it."""
-    return {"scale": asdict(scale), "token": TOKEN, "version": 2, "fts": fts}
+    return {"scale": asdict(scale), "token": TOKEN, "version": 3, "fts": fts}
 
 
-def _folder_counts(server: Dovecot) -> dict[str, int]:
+@dataclass(frozen=True)
+class SeedFolder:
+    """One folder of small messages: ``count`` of about ``size`` bytes, every ``every``-th with TOKEN (0: none)."""
+
+    name: str
+    count: int
+    size: int
+    every: int = 0
+
+
+def seed_folders(scale: Scale) -> list[SeedFolder]:
+    """Every folder of small messages (BIG_FOLDER's one big message aside). Only GREP_FOLDER holds TOKEN."""
+    return [SeedFolder(LIST_FOLDER, scale.list_count, scale.list_size),
+            SeedFolder(GREP_FOLDER, scale.grep_count, scale.grep_size, scale.grep_every),
+            SeedFolder(HUGE_FOLDER, scale.huge_count, scale.huge_size),
+            *(SeedFolder(name, scale.many_count, scale.many_size) for name in scale.many_names)]
+
+
+def _folder_counts(server: Dovecot, names: Sequence[str]) -> dict[str, int]:
     with server.client() as client:
         existing = {name for _flags, _delim, name in client.list_folders()}
         return {name: int(client.folder_status(name, ["MESSAGES"])[b"MESSAGES"])
-                for name in (LIST_FOLDER, GREP_FOLDER, BIG_FOLDER) if name in existing}
+                for name in names if name in existing}
 
 
-def _append_batch(server: Dovecot, folder: str, messages: list[tuple[bytes, dt.datetime]]) -> None:
-    """APPEND a batch on a connection of its own: MULTIAPPEND (one command, LITERAL+) when offered."""
+def _append_batch(server: Dovecot, folder: str, messages: Callable[[], list[tuple[bytes, dt.datetime]]]) -> None:
+    """APPEND a batch on a connection of its own: MULTIAPPEND (one command, LITERAL+) when offered.
+
+    The batch is made here, in the worker, so that 100,000 messages are never all in memory at once.
+    """
+    batch = messages()
     with server.client(timeout=300) as client:
         if client.has_capability("MULTIAPPEND"):
-            client.multiappend(folder, [{"msg": raw, "date": when} for raw, when in messages])
+            client.multiappend(folder, [{"msg": raw, "date": when} for raw, when in batch])
         else:
-            for raw, when in messages:
+            for raw, when in batch:
                 client.append(folder, raw, msg_time=when)
 
 
+def _small_batch(folder: SeedFolder, start: int, stop: int) -> Callable[[], list[tuple[bytes, dt.datetime]]]:
+    return lambda: [(small_message(folder.name, i, folder.size, token=bool(folder.every) and i % folder.every == 0),
+                     message_time(i)) for i in range(start, stop)]
+
+
 def seed(server: Dovecot, scale: Scale, log: Callable[[str], None]) -> None:
-    """Fill the three folders, unless a marker says this server dir already holds exactly this data set."""
+    """Fill the folders, unless a marker says this server dir already holds exactly this data set."""
     marker_path = server.base_dir / SEED_MARKER
     wanted = _seed_marker(scale, server.fts)
-    expected = {LIST_FOLDER: scale.list_count, GREP_FOLDER: scale.grep_count, BIG_FOLDER: 1}
+    folders = seed_folders(scale)
+    expected = {**{folder.name: folder.count for folder in folders}, BIG_FOLDER: 1}
     with contextlib.suppress(FileNotFoundError, ValueError):
-        if json.loads(marker_path.read_text()) == wanted and _folder_counts(server) == expected:
+        if json.loads(marker_path.read_text()) == wanted and _folder_counts(server, list(expected)) == expected:
             log(f"reusing the seeded server in {server.base_dir}")
             return
     marker_path.unlink(missing_ok=True)
@@ -280,23 +325,35 @@ def seed(server: Dovecot, scale: Scale, log: Callable[[str], None]) -> None:
             client.create_folder(name)
             client.subscribe_folder(name)
 
-    jobs: list[tuple[str, list[tuple[bytes, dt.datetime]]]] = []
-    for folder, count, size, every in ((LIST_FOLDER, scale.list_count, scale.list_size, 0),
-                                       (GREP_FOLDER, scale.grep_count, scale.grep_size, scale.grep_every)):
-        for start in range(0, count, SEED_BATCH):
-            batch = [(small_message(folder, i, size, token=bool(every) and i % every == 0), message_time(i))
-                     for i in range(start, min(start + SEED_BATCH, count))]
-            jobs.append((folder, batch))
-    jobs.append((BIG_FOLDER, [(big_message(scale.big_bytes), message_time(0))]))
+    jobs: list[tuple[str, Callable[[], list[tuple[bytes, dt.datetime]]]]] = [
+        (folder.name, _small_batch(folder, start, min(start + SEED_BATCH, folder.count)))
+        for folder in folders for start in range(0, folder.count, SEED_BATCH)]
+    jobs.append((BIG_FOLDER, lambda: [(big_message(scale.big_bytes), message_time(0))]))
     with concurrent.futures.ThreadPoolExecutor(SEED_CONNECTIONS) as pool:
         for future in [pool.submit(_append_batch, server, folder, batch) for folder, batch in jobs]:
             future.result()
 
-    counts = _folder_counts(server)
+    counts = _folder_counts(server, list(expected))
     if counts != expected:
         raise BenchError(f"seeding gave {counts}, expected {expected}")
     marker_path.write_text(json.dumps(wanted) + "\n")
     log(f"seeded {sum(expected.values())} messages in {time.perf_counter() - started:.1f} s")
+
+
+def wait_for_index(server: Dovecot, log: Callable[[str], None]) -> None:
+    """With an fts index, wait until it holds every message, before anything is timed.
+
+    Dovecot indexes new mail in the background (fts_autoindex); a search waits
+    for the folder's index (fts_enforced). One search in every folder, then,
+    so that no row is timed while the indexer still works through the seeded
+    mail (minutes for a freshly seeded 100,000-message folder), and row 9's
+    search finds the index complete, as on a server that has been running.
+    """
+    if not server.fts:
+        return
+    started = time.perf_counter()
+    floor_search(server, TOKEN.split("-"), timeout=FTS_INDEX_TIMEOUT)
+    log(f"the fts index holds every message ({time.perf_counter() - started:.1f} s waited)")
 
 
 # ------------------------------------------------------------------------- helpers
@@ -1043,7 +1100,7 @@ class Bench:
         words = TOKEN.split("-") if self.server.fts else [TOKEN]
         query = " ".join(words)
         # Warm the server (its caches), untimed. An fts index is built as mail arrives, in the
-        # background; a search waits for it (fts_enforced), the first one after seeding minutes.
+        # background; a search waits for it (fts_enforced): wait_for_index did, before any timing.
         floor_search(self.server, words, timeout=FTS_INDEX_TIMEOUT)
         for _ in range(self.repeat):
             drop_caches()  # as before row 9's ls: the server's index read cold, by both
@@ -1176,7 +1233,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the median is reported (default 3)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1,000 / 200 messages and a 5 MB message instead of 10,000 / 2,000 / 50 MB")
+                        help="smoke run: 1,000 / 200 / 10,000 messages, 30 folders of 50 and a 5 MB message "
+                             "instead of 10,000 / 2,000 / 100,000, 300 folders of 50 and 50 MB")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the seeded Dovecot in DIR and reuse it next time (reseeded if the data set differs)")
     parser.add_argument("--out", type=Path, default=Path("bench-results.md"),
@@ -1254,6 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack, dovecot_server(args.keep, args.fts) as server:
             seed(server, scale, log_line)
+            wait_for_index(server, log_line)
             measured = server
             if args.latency_ms:
                 # Everything measured (imapfs, the imapclient baselines, mbsync) reaches
@@ -1289,7 +1348,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "dataset": (f"{scale.list_count:,} x ~{scale.list_size / 1000:g} KB in {LIST_FOLDER}; "
                     f"{scale.grep_count:,} x ~{scale.grep_size / 1000:g} KB in {GREP_FOLDER}, "
-                    f"{scale.grep_matches} with the token; 1 x {scale.big_bytes / 2**20:g} MB in {BIG_FOLDER}"),
+                    f"{scale.grep_matches} with the token; 1 x {scale.big_bytes / 2**20:g} MB in {BIG_FOLDER}; "
+                    f"{scale.huge_count:,} x ~{scale.huge_size / 1000:g} KB in {HUGE_FOLDER}; "
+                    f"{scale.many_folders} folders x {scale.many_count} x ~{scale.many_size / 1000:g} KB "
+                    f"in {MANY_PARENT}/"),
         "repeat": str(args.repeat),
         "drop": "yes" if _drop_caches_works else "no (not permitted here; cold = fresh mount)",
         "options": f"ca_file=...{',' + args.mount_options if args.mount_options else ''}",
