@@ -2,6 +2,7 @@
 """imapfs benchmark: how close do ordinary shell tools on an imapfs mount get to the protocol floor?
 
     scripts/bench [--quick] [--repeat N] [--keep DIR] [--out FILE] [--mount-options OPTS] [--strict]
+                  [--latency-ms RTT] [--fts xapian|none] [--steps STEP,...]
 
 Why ratios and not seconds: absolute times depend on the machine, the disk and
 what else runs there; a ratio against a baseline measured in the same run, on
@@ -17,6 +18,8 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
 5. warm grep (same mount again) / grep over a local copy of the same messages;
 6. ``head -c 4096`` of a 50 MB message (fresh mount, folder listed first) / its full raw fetch;
 7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio);
+8. ``cp`` of the 50 MB message into a folder (fresh mount, folder listed) / imapclient's APPEND
+   of the same bytes; 8m, imapfs's peak RSS growth during that ``cp`` (MB);
 9. cold ``ls .search/TOKEN/bench2k`` (a fresh mount -o ro: the server searches every
    folder, imapfs fetches the metadata of the matches only) / row 3's cold ``grep -rl TOKEN``,
    the same answer got by reading every body. Row 9s is a naive floor: one imapclient
@@ -411,19 +414,21 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def vm_rss_mb(pid: int) -> float:
+def _vm_status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {key} for process {pid}")
+
+
+def vm_rss_mb(pid: int) -> float:
+    """Resident memory of a process now, in MB (MiB, as /proc counts it)."""
+    return _vm_status_mb(pid, "VmRSS")
 
 
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident memory of a process so far, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmHWM for process {pid}")
+    return _vm_status_mb(pid, "VmHWM")
 
 
 def libfuse_mapped(pid: int) -> str:
@@ -905,12 +910,31 @@ def _ms(values: Sequence[float]) -> str:
 # ------------------------------------------------------------------------- the measurements
 
 
+def timed_ls_l(folder: Path, count: int, what: str, drop: bool = True) -> float:
+    """``ls -l`` of a folder of ``count`` messages, after dropping the page cache unless told not to; checked."""
+    if drop:
+        drop_caches()
+    elapsed, out = run_tool(["ls", "-l", folder])
+    expect(f"{what}: lines (total + one per message)", count_lines(out), count + 1)
+    return elapsed
+
+
+def timed_grep(folder: Path, matches: int, what: str, drop: bool = True) -> tuple[float, list[str]]:
+    """``grep -rl TOKEN`` over a folder, after dropping the page cache unless told not to; checked.
+    Returns the time and the names of the files found, sorted."""
+    if drop:
+        drop_caches()
+    elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
+    expect(f"{what}: files with the token", count_lines(out), matches)
+    return elapsed, sorted(Path(line).name for line in out.decode().splitlines())
+
+
 class Bench:
-    """Runs the seven measurements against one seeded server; each method fills its rows."""
+    """Runs the measurements against one seeded server; each method fills its rows."""
 
     def __init__(self, server: Dovecot, scale: Scale, repeat: int, workdir: Path, mount_options: str) -> None:
         self.server = server
-        self.scale = scale
+        self.dataset = scale
         self.repeat = repeat
         self.workdir = workdir
         self.mount_options = mount_options
@@ -940,7 +964,7 @@ class Bench:
         no sorting), so it costs the listing's IMAP work alone; the rest of row 1
         is what the kernel asks per file.
         """
-        n = self.scale.list_count
+        n = self.dataset.list_count
         cold = Row("1", f"cold `ls -l` of {n:,} messages", "fresh mount",
                    f"1 conn, UID FETCH x{FLOOR_META_BATCH}", 1.2, 2)
         readdir_only = Row("1b", f"cold `ls -f` of {n:,} messages (readdir only)", "fresh mount",
@@ -960,13 +984,8 @@ class Bench:
         for _ in range(self.repeat):
             with self.mount("ls") as mount:
                 folder = mount.mountpoint / LIST_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["ls", "-l", folder])
-                expect("cold ls -l lines (total + one per message)", count_lines(out), n + 1)
-                cold.subject_times.append(elapsed)
-                elapsed, out = run_tool(["ls", "-l", folder])
-                expect("warm ls -l lines", count_lines(out), n + 1)
-                warm.subject_times.append(elapsed)
+                cold.subject_times.append(timed_ls_l(folder, n, "cold ls -l"))
+                warm.subject_times.append(timed_ls_l(folder, n, "warm ls -l", drop=False))
                 rss.subject_times.append(vm_rss_mb(mount.pid))
                 names = os.listdir(folder)
             with self.mount("ls-f") as mount:
@@ -982,9 +1001,7 @@ class Bench:
             (local / name).touch()
         run_tool(["ls", "-l", local])  # warm: this is the warm comparison
         for _ in range(self.repeat):
-            elapsed, out = run_tool(["ls", "-l", local])
-            expect("local ls -l lines", count_lines(out), n + 1)
-            warm.baseline_times.append(elapsed)
+            warm.baseline_times.append(timed_ls_l(local, n, "local ls -l", drop=False))
         return [cold, readdir_only, warm, rss]
 
     def grep(self) -> list[Row]:
@@ -998,7 +1015,7 @@ class Bench:
         same machine. The bytes are the ones the baseline fetched, the names
         and attributes the ones the first imapfs mount showed.
         """
-        n, matches = self.scale.grep_count, self.scale.grep_matches
+        n, matches = self.dataset.grep_count, self.dataset.grep_matches
         cold = Row("3", f"cold `grep -rl` over {n:,} messages", "fresh mount -o ro",
                    f"1 conn, BODY.PEEK[] x{FLOOR_BODY_BATCH}", 1.2, 2)
         vs_mbsync = Row("4", "cold `grep -rl` vs mbsync + grep", "fresh mount -o ro", "mbsync + grep", 0.7, 1)
@@ -1023,38 +1040,25 @@ class Bench:
         for run in range(self.repeat):
             with self.mount("grep", read_only=True) as mount:
                 folder = mount.mountpoint / GREP_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("cold grep -rl: files with the token", count_lines(out), matches)
+                elapsed, imapfs_hits = timed_grep(folder, matches, "cold grep -rl")
                 cold.subject_times.append(elapsed)
-                imapfs_hits = sorted(Path(line).name for line in out.decode().splitlines())
                 self.grep_hits = imapfs_hits
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("warm grep -rl: files with the token", count_lines(out), matches)
-                warm.subject_times.append(elapsed)
+                warm.subject_times.append(timed_grep(folder, matches, "warm grep -rl", drop=False)[0])
                 if run == 0:
                     imapfs_libfuse = libfuse_mapped(mount.pid)
                     expect("files handed to the floor FS", write_floor_data(folder, bodies, floor_data), n)
             with self.mount("grep-rw") as mount:
                 folder = mount.mountpoint / GREP_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("cold grep -rl, read-write mount: files with the token", count_lines(out), matches)
-                cold_rw.subject_times.append(elapsed)
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("warm grep -rl, read-write mount: files with the token", count_lines(out), matches)
-                warm_rw.subject_times.append(elapsed)
+                cold_rw.subject_times.append(timed_grep(folder, matches, "cold grep -rl, read-write mount")[0])
+                warm_rw.subject_times.append(
+                    timed_grep(folder, matches, "warm grep -rl, read-write mount", drop=False)[0])
             with self.floor_mount(floor_data) as floor:
                 folder = floor.mountpoint / GREP_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("cold grep -rl over the floor FS: files with the token", count_lines(out), matches)
-                expect("cold grep -rl: the floor FS finds the files imapfs found",
-                       sorted(Path(line).name for line in out.decode().splitlines()), imapfs_hits)
+                elapsed, floor_hits = timed_grep(folder, matches, "cold grep -rl over the floor FS")
+                expect("cold grep -rl: the floor FS finds the files imapfs found", floor_hits, imapfs_hits)
                 cold_floor.subject_times.append(elapsed)
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("warm grep -rl over the floor FS: files with the token", count_lines(out), matches)
-                warm_floor.subject_times.append(elapsed)
+                warm_floor.subject_times.append(
+                    timed_grep(folder, matches, "warm grep -rl over the floor FS", drop=False)[0])
                 floor_libfuse = libfuse_mapped(floor.pid)
         expect("libfuse of the floor FS == libfuse of imapfs", floor_libfuse, imapfs_libfuse)
         vs_mbsync.subject_times = list(cold.subject_times)
@@ -1070,16 +1074,7 @@ class Bench:
             expect("mbsync + grep -rl: files with the token", found, matches)
             vs_mbsync.baseline_times.append(elapsed)
 
-        local = self.workdir / "local-grep"
-        local.mkdir(exist_ok=True)
-        for uid, body in bodies.items():
-            (local / f"{uid}.eml").write_bytes(body)
-        run_tool(["grep", "-rl", TOKEN, local])  # warm
-        for _ in range(self.repeat):
-            elapsed, out = run_tool(["grep", "-rl", TOKEN, local])
-            expect("local grep -rl: files with the token", count_lines(out), matches)
-            warm.baseline_times.append(elapsed)
-        warm_floor.baseline_times = warm_rw.baseline_times = warm.baseline_times
+        warm.baseline_times = warm_floor.baseline_times = warm_rw.baseline_times = self.local_grep_baseline(bodies)
         self.notes += [floor_note("cold", cold_rw, cold_floor), floor_note("warm", warm_rw, warm_floor),
                        f"floor FS: {n:,} files (same names, sizes, mode 0444) served from memory by mfusepy on "
                        f"{floor_libfuse}, as imapfs; multithreaded, keep_cache + noflush, READDIRPLUS with attributes, "
@@ -1087,9 +1082,19 @@ class Bench:
         self.cold_grep = cold
         return [cold, cold_rw, cold_floor, vs_mbsync, warm, warm_rw, warm_floor]
 
+    def local_grep_baseline(self, bodies: dict[int, bytes]) -> list[float]:
+        """Row 5's baseline: ``grep -rl`` over a local copy of the bodies, in the page cache (warmed first)."""
+        local = self.workdir / "local-grep"
+        local.mkdir(exist_ok=True)
+        for uid, body in bodies.items():
+            (local / f"{uid}.eml").write_bytes(body)
+        matches = self.dataset.grep_matches
+        run_tool(["grep", "-rl", TOKEN, local])  # warm
+        return [timed_grep(local, matches, "local grep -rl", drop=False)[0] for _ in range(self.repeat)]
+
     def search(self) -> list[Row]:
         """Rows 9 and 9s: a server-side search through .search/ against the cold grep of row 3."""
-        matches = self.scale.grep_matches
+        matches = self.dataset.grep_matches
         row = Row("9", "cold `ls .search/TOKEN/` (all folders searched)", "fresh mount -o ro",
                   "row 3's cold `grep -rl`", 0.1, 0.3)
         floor = Row("9s", "server-side search alone", "1 conn, UID SEARCH in every folder",
@@ -1123,10 +1128,10 @@ class Bench:
 
     def big(self) -> list[Row]:
         """Row 6: the first 4 KiB of a huge message must not cost the whole message."""
-        size_mb = self.scale.big_bytes / (1024 * 1024)
+        size_mb = self.dataset.big_bytes / (1024 * 1024)
         row = Row("6", f"`head -c {HEAD_BYTES}` of a {size_mb:g} MB message", "fresh mount, listed",
                   "full raw fetch", 0.02, 0.2)
-        expected = big_message(self.scale.big_bytes)
+        expected = big_message(self.dataset.big_bytes)
 
         def fetch_big() -> tuple[float, bytes]:
             elapsed, bodies = floor_bodies(self.server, BIG_FOLDER)
@@ -1154,13 +1159,13 @@ class Bench:
 
     def filing(self) -> list[Row]:
         """Rows 8 and 8m: cp of a big message into a folder against imapclient's APPEND of it; its memory."""
-        size_mb = self.scale.big_bytes / (1024 * 1024)
+        size_mb = self.dataset.big_bytes / (1024 * 1024)
         row = Row("8", f"`cp` of a {size_mb:g} MB message into a folder", "fresh mount, listed",
                   "imapclient APPEND of the same bytes", 1.5, 3)
         memory = Row("8m", "imapfs peak RSS growth during that `cp`", "VmHWM - VmRSS before", "-", 64, 128,
                      unit="MB")
         source = self.workdir / "filing-source.eml"
-        source.write_bytes(big_message(self.scale.big_bytes).replace(b"big message", b"filed message", 1))
+        source.write_bytes(big_message(self.dataset.big_bytes).replace(b"big message", b"filed message", 1))
         expected = source.read_bytes()
 
         def fresh_folder(run: int, kind: str) -> str:
