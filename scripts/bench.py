@@ -29,14 +29,28 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
    searches use the index; ``--fts none`` measures a server that reads every message.
    The bench waits for that index to hold every message before it times anything.
 
-Rows 10 and 11 (issue #13: a persistent cache):
+Rows 10 to 14b (issue #13: a persistent cache, and costs that grow with changes):
 
 10. ``ls -l`` of the 10,000-message folder right after a remount over a persistent cache
     (``-o cache_dir=DIR``) that an earlier mount filled by listing it, page cache dropped
     as for row 1 / row 1's cold ``ls -l`` (nothing on disk);
 11. ``grep -rl TOKEN`` over the 2,000 messages right after a remount ``-o ro`` over a
     persistent cache that an earlier mount's grep filled with every body / row 5's baseline,
-    grep over a local copy. The page cache is not dropped here: the local copy is in it too.
+    grep over a local copy. The page cache is not dropped here: the local copy is in it too;
+12. ``stat`` of one message (the middle UID) of a 100,000-message folder on a fresh mount
+    that has listed nothing, once the mount is up and idle (its connections opened at mount
+    logged in: imapfs used no CPU for 0.3 s or 6 round trips) / the same metadata on a
+    connection already logged in (login untimed, as imapfs's is by then): EXAMINE, then
+    UID FETCH of that UID's listing items. Both after the page cache is dropped (and
+    ``stat`` loaded again from disk, untimed: a few ms of a row this small);
+13. ``find M/many -type f`` over 300 folders x 50 messages, a fresh mount / one imapclient
+    connection from nothing (connect and login included, as for row 1): LIST, then EXAMINE
+    and UID FETCH of every message's metadata, folder after folder. The row is about round
+    trips, so it is meant for ``--latency-ms 50``; at loopback it is reported too;
+14. VmHWM (peak RSS) of imapfs after ``ls -l`` of the 100,000 messages (MB, not a ratio);
+    14b. (its VmRSS after that ``ls -l`` - its VmRSS before it, a fresh mount that is up, idle
+    and has listed nothing) / 100,000: bytes per message held in memory, directory entries
+    included.
 
 Every other mount runs with ``-o cache_dir=none``, so "cold" means nothing on disk
 either. Rows 10 and 11 each have a cache_dir of their own in the workdir, emptied
@@ -95,6 +109,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import copy
@@ -154,7 +169,7 @@ FLOOR_ATTR_TIMEOUT = 30.0
 FLOOR_ENTRY_TIMEOUT = 30.0
 SEED_MARKER = "bench-seed.json"
 #: Groups of rows, in the order they are measured (--steps picks some).
-STEPS = ("listing", "grep", "search", "big", "filing", "cache")
+STEPS = ("listing", "grep", "search", "big", "filing", "cache", "scale")
 #: The exact metadata a listing needs (ARCHITECTURE.md: a listing never downloads bodies).
 META_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"]
 #: C locale for every tool: locale-aware sorting (ls) and multibyte matching (grep) would
@@ -447,6 +462,32 @@ def vm_hwm_mb(pid: int) -> float:
     return _vm_status_mb(pid, "VmHWM")
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process (all its threads) so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
+
+
+def wait_until_quiet(pid: int, quiet: float, timeout: float = 60.0) -> float:
+    """Wait until a process has used no CPU for ``quiet`` seconds; return how long that took.
+
+    For a fresh mount: imapfs opens its connections (TLS, login) and fetches
+    the folder list in the background once mounted; a row that times one small
+    operation waits for that to end, so that it times the operation and not the
+    mount's own start.
+    """
+    started = time.monotonic()
+    last, since = cpu_ticks(pid), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() - started > timeout:
+            raise BenchError(f"process {pid} did not go quiet within {timeout:.0f} s")
+        time.sleep(0.02)
+        now = cpu_ticks(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+    return time.monotonic() - started
+
+
 def libfuse_mapped(pid: int) -> str:
     """The libfuse a process has loaded, e.g. libfuse3.so.3.14.0: proof of what it runs on, not what it asked for."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -635,6 +676,34 @@ def floor_search(server: Dovecot, words: list[str], timeout: float = 30.0) -> tu
             if uids:
                 found[name] = uids
     return time.perf_counter() - started, found
+
+
+def floor_message_meta(server: Dovecot, folder: str, uid: int) -> tuple[float, dict[int, Any]]:
+    """The floor of a stat of one message no one has listed: on a connection already logged in
+    (untimed, as a mount's are by then), EXAMINE its folder and UID FETCH its metadata."""
+    with floor_client(server) as client:
+        drop_caches()  # after the login: the server's files of the folder read cold, as by imapfs
+        started = time.perf_counter()
+        client.select_folder(folder, readonly=True)
+        found = client.fetch([uid], META_ITEMS)
+        return time.perf_counter() - started, found
+
+
+def floor_walk(server: Dovecot, parent: str) -> tuple[float, dict[str, int]]:
+    """The floor of ``find -type f`` over the folders under ``parent``, from nothing: connect, login,
+    LIST, then EXAMINE and UID FETCH of every message's metadata in every folder, one after another
+    on one connection. Returns the messages fetched per folder."""
+    started = time.perf_counter()
+    fetched: dict[str, int] = {}
+    with floor_client(server) as client:
+        for flags, _delimiter, name in client.list_folders("", f"{parent}{server.separator}*"):
+            if b"\\Noselect" in flags or b"\\NonExistent" in flags:
+                continue
+            # UID FETCH 1:(UIDNEXT-1), from EXAMINE's answer: imapclient's fetch() cannot send 1:*
+            # (it keeps only the UIDs it was given); the same one command.
+            uid_next = client.select_folder(name, readonly=True)[b"UIDNEXT"]
+            fetched[name] = len(client.fetch(list(range(1, uid_next)), META_ITEMS)) if uid_next > 1 else 0
+    return time.perf_counter() - started, fetched
 
 
 def write_mbsyncrc(server: Dovecot, directory: Path, maildir: Path) -> Path:
@@ -846,12 +915,12 @@ class Row:
     limit: float | None
     subject_times: list[float] = field(default_factory=list)
     baseline_times: list[float] = field(default_factory=list)
-    unit: str = "ratio"  # or "MB": then subject_times hold megabytes and there is no baseline
+    unit: str = "ratio"  # or an amount ("MB", "B/message"): then subject_times hold it, and there is no baseline
     measured: str = "imapfs"  # what subject_times time, in the per-run list
 
     @property
     def value(self) -> float:
-        if self.unit == "MB":
+        if self.unit != "ratio":
             return max(self.subject_times)
         return median(self.subject_times) / median(self.baseline_times)
 
@@ -898,9 +967,10 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if row.unit == "MB":
-            lines.append(f"| {row.number} | {row.what} | {row.value:.1f} MB | - | {row.value:.1f} MB "
-                         f"| <= {row.target:g} MB | <= {row.limit:g} MB | {row.verdict} |")
+        if row.unit != "ratio":
+            amount = fmt_amount(row.value, row.unit)
+            lines.append(f"| {row.number} | {row.what} | {amount} | - | {amount} "
+                         f"| <= {row.target:g} {row.unit} | <= {row.limit:g} {row.unit} | {row.verdict} |")
         else:
             target = "-" if row.target is None else f"<= {row.target:g}"
             limit = "-" if row.limit is None else f"<= {row.limit:g}"
@@ -909,14 +979,19 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
                          f"| {target} | {limit} | {row.verdict} |")
     lines += ["", "Ratio = imapfs median / baseline median; lower is better. Every run's time, in ms:", ""]
     for row in rows:
-        if row.unit == "MB":
-            lines.append(f"- {row.number}: RSS per mount: {', '.join(f'{v:.1f} MB' for v in row.subject_times)}")
+        if row.unit != "ratio":
+            lines.append(f"- {row.number}: {row.measured} per mount: "
+                         f"{', '.join(fmt_amount(v, row.unit) for v in row.subject_times)}")
         else:
             lines.append(f"- {row.number}: {row.measured} {_ms(row.subject_times)}; "
                          f"baseline {_ms(row.baseline_times)}")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def fmt_amount(value: float, unit: str) -> str:
+    return f"{value:.1f} {unit}" if unit == "MB" else f"{value:.0f} {unit}"
 
 
 def _ms(values: Sequence[float]) -> str:
@@ -953,12 +1028,14 @@ def tree_mb(path: Path) -> float:
 class Bench:
     """Runs the measurements against one seeded server; each method fills its rows."""
 
-    def __init__(self, server: Dovecot, scale: Scale, repeat: int, workdir: Path, mount_options: str) -> None:
+    def __init__(self, server: Dovecot, scale: Scale, repeat: int, workdir: Path, mount_options: str,
+                 latency_ms: float = 0.0) -> None:
         self.server = server
         self.dataset = scale
         self.repeat = repeat
         self.workdir = workdir
         self.mount_options = mount_options
+        self.latency_ms = latency_ms
         self.mounts = 0
         self.log_paths: list[Path] = []
         self.notes: list[str] = []  # what a step found worth saying under the table
@@ -993,7 +1070,8 @@ class Bench:
         readdir_only = Row("1b", f"cold `ls -f` of {n:,} messages (readdir only)", "fresh mount",
                            f"1 conn, UID FETCH x{FLOOR_META_BATCH}", None, None)
         warm = Row("2", f"warm `ls -l` of {n:,} messages", "same mount", f"local dir of {n:,} files", 2, 5)
-        rss = Row("7", f"imapfs RSS after listing {n:,} messages", "VmRSS", "-", 80, 150, unit="MB")
+        rss = Row("7", f"imapfs RSS after listing {n:,} messages", "VmRSS", "-", 80, 150, unit="MB",
+                  measured="RSS")
 
         _, fetched = floor_listing(self.server, LIST_FOLDER)  # warm the server's index cache, untimed
         expect("metadata records fetched", fetched, n)
@@ -1188,7 +1266,7 @@ class Bench:
         row = Row("8", f"`cp` of a {size_mb:g} MB message into a folder", "fresh mount, listed",
                   "imapclient APPEND of the same bytes", 1.5, 3)
         memory = Row("8m", "imapfs peak RSS growth during that `cp`", "VmHWM - VmRSS before", "-", 64, 128,
-                     unit="MB")
+                     unit="MB", measured="RSS growth")
         source = self.workdir / "filing-source.eml"
         source.write_bytes(big_message(self.dataset.big_bytes).replace(b"big message", b"filed message", 1))
         expected = source.read_bytes()
@@ -1285,6 +1363,84 @@ class Bench:
         path = self.workdir / f"cache-{kind}"
         shutil.rmtree(path, ignore_errors=True)
         return path
+
+    def scale(self) -> list[Row]:
+        """Rows 12, 13, 14 and 14b: one stat in a 100,000-message folder, find over 300 folders, memory.
+
+        Rows 12 and 14 wait, after mounting, until imapfs has been idle (no CPU)
+        for 0.3 s or 6 round trips: its connections opened at mount have logged
+        in and the folder list is fetched, so row 12 times the stat itself and
+        row 14b's "before" is a mount that is up and has listed nothing.
+        """
+        d = self.dataset
+        n = d.huge_count
+        stat_row = Row("12", f"`stat` of one message right after mounting a {n:,}-message folder",
+                       "fresh mount, nothing listed", "1 logged-in conn: EXAMINE + UID FETCH of it", 3, 9)
+        walk = Row("13", f"`find -type f` over {d.many_folders} folders x {d.many_count} messages", "fresh mount",
+                   "1 conn: LIST, then EXAMINE + UID FETCH per folder", 0.5, 1.5)
+        peak = Row("14", f"imapfs peak RSS after `ls -l` of {n:,} messages", "VmHWM", "-", 80, 240, unit="MB",
+                   measured="VmHWM")
+        per_message = Row("14b", "memory per message held after that `ls -l`", "(VmRSS after - before) / n", "-",
+                          600, 1800, unit="B/message", measured="VmRSS growth")
+        quiet = max(0.3, 6 * self.latency_ms / 1000)
+
+        # Rows 14 and 14b first: their listing also names the message row 12 stats.
+        names: list[str] = []
+        listing_times: list[float] = []
+        for _ in range(self.repeat):
+            with self.mount("huge-ls") as mount:
+                wait_until_quiet(mount.pid, quiet)
+                before = vm_rss_mb(mount.pid)
+                folder = mount.mountpoint / HUGE_FOLDER
+                listing_times.append(timed_ls_l(folder, n, f"ls -l of {n:,} messages"))
+                after = vm_rss_mb(mount.pid)
+                peak.subject_times.append(vm_hwm_mb(mount.pid))
+                per_message.subject_times.append((after - before) * 2**20 / n)
+                names = names or os.listdir(folder)
+
+        by_uid = {uid_from_filename(name): name for name in names}
+        expect(f"messages named in {HUGE_FOLDER}, each by its own UID", len(by_uid.keys() - {None}), n)
+        uid = sorted(by_uid.keys() - {None})[n // 2]  # the middle message: neither end of the folder
+        name = by_uid[uid]
+        _, found = floor_message_meta(self.server, HUGE_FOLDER, uid)  # warm the server, untimed
+        size = found[uid][b"RFC822.SIZE"]
+        for _ in range(self.repeat):
+            elapsed, found = floor_message_meta(self.server, HUGE_FOLDER, uid)
+            expect("UID FETCH of one message: the message fetched", list(found), [uid])
+            stat_row.baseline_times.append(elapsed)
+        tool_loader = self.workdir / "stat-loads-stat"
+        tool_loader.touch()
+        for _ in range(self.repeat):
+            with self.mount("stat") as mount:
+                wait_until_quiet(mount.pid, quiet)
+                drop_caches()
+                # Load stat itself from disk, untimed: its few ms would otherwise be much of the row.
+                run_tool(["stat", "-c", "%s", tool_loader])
+                elapsed, out = run_tool(["stat", "-c", "%s", mount.mountpoint / HUGE_FOLDER / name])
+                expect(f"stat of {name}: its size", out.decode().strip(), str(size))
+                stat_row.subject_times.append(elapsed)
+
+        wanted = {folder: d.many_count for folder in d.many_names}
+        _, fetched = floor_walk(self.server, MANY_PARENT)  # warm the server, untimed
+        expect(f"LIST + UID FETCH under {MANY_PARENT}: messages per folder", fetched, wanted)
+        for _ in range(self.repeat):
+            drop_caches()
+            elapsed, fetched = floor_walk(self.server, MANY_PARENT)
+            expect(f"LIST + UID FETCH under {MANY_PARENT}: messages per folder", fetched, wanted)
+            walk.baseline_times.append(elapsed)
+        for _ in range(self.repeat):
+            with self.mount("find") as mount:
+                drop_caches()
+                elapsed, out = run_tool(["find", mount.mountpoint / MANY_PARENT, "-type", "f"])
+                files = [Path(line) for line in out.decode().splitlines()]
+                expect("find -type f: files", len(files), d.many_folders * d.many_count)
+                expect("find -type f: folders with files, each with all its messages",
+                       sorted(collections.Counter(f.parent.name for f in files).items()),
+                       sorted((folder.rsplit("/", 1)[-1], count) for folder, count in wanted.items()))
+                walk.subject_times.append(elapsed)
+        self.notes.append(f"row 14: its `ls -l` of {n:,} messages (fresh mount, page cache dropped) took "
+                          f"{fmt_seconds(listing_times)}")
+        return [stat_row, walk, peak, per_message]
 
     def log_notes(self) -> list[str]:
         """What imapfs logged above INFO: the first hint when a ratio is off."""
@@ -1384,7 +1540,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log_line("needs root (the test Dovecot's master switches users)")
         return 2
-    for tool in ("fusermount3", "mbsync", "ls", "grep", "head"):
+    for tool in ("fusermount3", "mbsync", "ls", "grep", "head", "stat", "find"):
         if shutil.which(tool) is None:
             log_line(f"{tool} not found: run scripts/setup (apt-get install -y fuse3 isync)")
             return 2
@@ -1411,7 +1567,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(proxy.close)
                 measured = copy.copy(server)
                 measured.imaps_port = proxy.port
-            bench = Bench(measured, scale, args.repeat, workdir, args.mount_options)
+            bench = Bench(measured, scale, args.repeat, workdir, args.mount_options, args.latency_ms)
             rows: list[Row] = []
             for step in (getattr(bench, name) for name in STEPS if name in args.steps):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
