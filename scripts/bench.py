@@ -2,6 +2,7 @@
 """imapfs benchmark: how close do ordinary shell tools on an imapfs mount get to the protocol floor?
 
     scripts/bench [--quick] [--repeat N] [--keep DIR] [--out FILE] [--mount-options OPTS] [--strict]
+                  [--latency-ms RTT] [--fts xapian|none] [--steps STEP,...]
 
 Why ratios and not seconds: absolute times depend on the machine, the disk and
 what else runs there; a ratio against a baseline measured in the same run, on
@@ -17,6 +18,8 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
 5. warm grep (same mount again) / grep over a local copy of the same messages;
 6. ``head -c 4096`` of a 50 MB message (fresh mount, folder listed first) / its full raw fetch;
 7. VmRSS of the imapfs process after listing the 10,000 messages (MB, not a ratio);
+8. ``cp`` of the 50 MB message into a folder (fresh mount, folder listed) / imapclient's APPEND
+   of the same bytes; 8m, imapfs's peak RSS growth during that ``cp`` (MB);
 9. cold ``ls .search/TOKEN/bench2k`` (a fresh mount -o ro: the server searches every
    folder, imapfs fetches the metadata of the matches only) / row 3's cold ``grep -rl TOKEN``,
    the same answer got by reading every body. Row 9s is a naive floor: one imapclient
@@ -24,6 +27,37 @@ the cheapest honest way to get the same bytes or the same answer without imapfs:
    Both after the page cache is dropped, as row 3. By default the bench Dovecot
    indexes its mail (dovecot-fts-xapian), as a provider's server does, and the
    searches use the index; ``--fts none`` measures a server that reads every message.
+   The bench waits for that index to hold every message before it times anything.
+
+Rows 10 to 14b (issue #13: a persistent cache, and costs that grow with changes):
+
+10. ``ls -l`` of the 10,000-message folder right after a remount over a persistent cache
+    (``-o cache_dir=DIR``) that an earlier mount filled by listing it, page cache dropped
+    as for row 1 / row 1's cold ``ls -l`` (nothing on disk);
+11. ``grep -rl TOKEN`` over the 2,000 messages right after a remount ``-o ro`` over a
+    persistent cache that an earlier mount's grep filled with every body / row 5's baseline,
+    grep over a local copy. The page cache is not dropped here: the local copy is in it too;
+12. ``stat`` of one message (the middle UID) of a 100,000-message folder on a fresh mount
+    that has listed nothing, once the mount is up and idle (its connections opened at mount
+    logged in: imapfs used no CPU for 0.3 s or 6 round trips) / the same metadata on a
+    connection already logged in (login untimed, as imapfs's is by then): EXAMINE, then
+    UID FETCH of that UID's listing items. Both after the page cache is dropped (and
+    ``stat`` loaded again from disk, untimed: a few ms of a row this small);
+13. ``find M/many -type f`` over 300 folders x 50 messages, a fresh mount / one imapclient
+    connection from nothing (connect and login included, as for row 1): LIST, then EXAMINE
+    and UID FETCH of every message's metadata, folder after folder. The row is about round
+    trips, so it is meant for ``--latency-ms 50``; at loopback it is reported too;
+14. VmHWM (peak RSS) of imapfs after ``ls -l`` of the 100,000 messages (MB, not a ratio);
+    14b. (its VmRSS after that ``ls -l`` - its VmRSS before it, a fresh mount that is up, idle
+    and has listed nothing) / 100,000: bytes per message held in memory, directory entries
+    included.
+
+Every other mount runs with ``-o cache_dir=none``, so "cold" means nothing on disk
+either. Rows 10 and 11 each have a cache_dir of their own in the workdir, emptied
+first; the step ``cache`` measures rows 1's and 5's baselines itself when the steps
+``listing`` and ``grep`` do not run. Targets are the issue's; limits about 3 times
+the target (row 11: twice, as row 5's: at 3 times a remount would pass that is slower
+than the trivial floor FS below with an OPEN and RELEASE per file, row 5f).
 
 Why rows 3 to 5 mount with ``-o ro``: searching reads, and the README tells
 users to search through a read-only mount. There the kernel opens, reads from
@@ -63,7 +97,8 @@ counts, the bytes head printed), because a fast wrong answer is worse than a
 slow right one.
 
 Everything runs on loopback: a throwaway Dovecot (tests/support/dovecot.py) with
-TLS, seeded here with parallel MULTIAPPEND (LITERAL+) on several connections.
+TLS, seeded here with parallel MULTIAPPEND (LITERAL+) on several connections
+(``--quick``: 1,000, 200 and 10,000 messages, 30 folders of 50, a 5 MB message).
 ``--latency-ms RTT`` puts a relay (tests/support/proxy.py) between the server
 and everything measured, imapfs and baselines alike, that delays every packet
 by RTT/2 each way: what a server across a network costs in round trips,
@@ -74,6 +109,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import copy
@@ -115,6 +151,10 @@ TOKEN = "IMAPFS-BENCH-NEEDLE-7F3A"
 LIST_FOLDER = "bench10k"
 GREP_FOLDER = "bench2k"
 BIG_FOLDER = "big"
+#: Row 12 and 14's folder of 100,000 messages.
+HUGE_FOLDER = "bench100k"
+#: Row 13's folders, all under one parent so that ``find M/many`` walks only them.
+MANY_PARENT = "many"
 HEAD_BYTES = 4096
 #: Batch sizes of the baselines, fixed by the benchmark's definition (not tuned).
 FLOOR_META_BATCH = 500
@@ -129,7 +169,7 @@ FLOOR_ATTR_TIMEOUT = 30.0
 FLOOR_ENTRY_TIMEOUT = 30.0
 SEED_MARKER = "bench-seed.json"
 #: Groups of rows, in the order they are measured (--steps picks some).
-STEPS = ("listing", "grep", "search", "big", "filing")
+STEPS = ("listing", "grep", "search", "big", "filing", "cache", "scale")
 #: The exact metadata a listing needs (ARCHITECTURE.md: a listing never downloads bodies).
 META_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT MESSAGE-ID)]"]
 #: C locale for every tool: locale-aware sorting (ls) and multibyte matching (grep) would
@@ -149,7 +189,7 @@ WORDS = (
 
 @dataclass(frozen=True)
 class Scale:
-    """Sizes of the three seeded folders; --quick shrinks all of them for a smoke run."""
+    """Sizes of the seeded folders; --quick shrinks all of them for a smoke run."""
 
     list_count: int
     list_size: int
@@ -157,17 +197,28 @@ class Scale:
     grep_size: int
     grep_every: int
     big_bytes: int
+    huge_count: int  # messages in HUGE_FOLDER (rows 12 and 14)
+    huge_size: int
+    many_folders: int  # folders under MANY_PARENT (row 13)
+    many_count: int  # messages in each
+    many_size: int
 
     @property
     def grep_matches(self) -> int:
         """How many messages carry TOKEN: those with index % grep_every == 0."""
         return len(range(0, self.grep_count, self.grep_every))
 
+    @property
+    def many_names(self) -> list[str]:
+        return [f"{MANY_PARENT}/f{i:03d}" for i in range(self.many_folders)]
+
 
 FULL = Scale(list_count=10_000, list_size=1_500, grep_count=2_000, grep_size=10_000, grep_every=8,
-             big_bytes=50 * 1024 * 1024)
+             big_bytes=50 * 1024 * 1024, huge_count=100_000, huge_size=1_500, many_folders=300, many_count=50,
+             many_size=1_500)
 QUICK = Scale(list_count=1_000, list_size=1_500, grep_count=200, grep_size=10_000, grep_every=8,
-              big_bytes=5 * 1024 * 1024)
+              big_bytes=5 * 1024 * 1024, huge_count=10_000, huge_size=1_500, many_folders=30, many_count=50,
+              many_size=1_500)
 
 
 def _filler(rng: random.Random, size: int) -> bytes:
@@ -240,33 +291,61 @@ def big_message(size: int) -> bytes:
 
 def _seed_marker(scale: Scale, fts: str | None = None) -> dict[str, object]:
     """What a kept server dir holds; an fts index is built as mail arrives, so it is part of it."""
-    return {"scale": asdict(scale), "token": TOKEN, "version": 2, "fts": fts}
+    return {"scale": asdict(scale), "token": TOKEN, "version": 3, "fts": fts}
 
 
-def _folder_counts(server: Dovecot) -> dict[str, int]:
+@dataclass(frozen=True)
+class SeedFolder:
+    """One folder of small messages: ``count`` of about ``size`` bytes, every ``every``-th with TOKEN (0: none)."""
+
+    name: str
+    count: int
+    size: int
+    every: int = 0
+
+
+def seed_folders(scale: Scale) -> list[SeedFolder]:
+    """Every folder of small messages (BIG_FOLDER's one big message aside). Only GREP_FOLDER holds TOKEN."""
+    return [SeedFolder(LIST_FOLDER, scale.list_count, scale.list_size),
+            SeedFolder(GREP_FOLDER, scale.grep_count, scale.grep_size, scale.grep_every),
+            SeedFolder(HUGE_FOLDER, scale.huge_count, scale.huge_size),
+            *(SeedFolder(name, scale.many_count, scale.many_size) for name in scale.many_names)]
+
+
+def _folder_counts(server: Dovecot, names: Sequence[str]) -> dict[str, int]:
     with server.client() as client:
         existing = {name for _flags, _delim, name in client.list_folders()}
         return {name: int(client.folder_status(name, ["MESSAGES"])[b"MESSAGES"])
-                for name in (LIST_FOLDER, GREP_FOLDER, BIG_FOLDER) if name in existing}
+                for name in names if name in existing}
 
 
-def _append_batch(server: Dovecot, folder: str, messages: list[tuple[bytes, dt.datetime]]) -> None:
-    """APPEND a batch on a connection of its own: MULTIAPPEND (one command, LITERAL+) when offered."""
+def _append_batch(server: Dovecot, folder: str, messages: Callable[[], list[tuple[bytes, dt.datetime]]]) -> None:
+    """APPEND a batch on a connection of its own: MULTIAPPEND (one command, LITERAL+) when offered.
+
+    The batch is made here, in the worker, so that 100,000 messages are never all in memory at once.
+    """
+    batch = messages()
     with server.client(timeout=300) as client:
         if client.has_capability("MULTIAPPEND"):
-            client.multiappend(folder, [{"msg": raw, "date": when} for raw, when in messages])
+            client.multiappend(folder, [{"msg": raw, "date": when} for raw, when in batch])
         else:
-            for raw, when in messages:
+            for raw, when in batch:
                 client.append(folder, raw, msg_time=when)
 
 
+def _small_batch(folder: SeedFolder, start: int, stop: int) -> Callable[[], list[tuple[bytes, dt.datetime]]]:
+    return lambda: [(small_message(folder.name, i, folder.size, token=bool(folder.every) and i % folder.every == 0),
+                     message_time(i)) for i in range(start, stop)]
+
+
 def seed(server: Dovecot, scale: Scale, log: Callable[[str], None]) -> None:
-    """Fill the three folders, unless a marker says this server dir already holds exactly this data set."""
+    """Fill the folders, unless a marker says this server dir already holds exactly this data set."""
     marker_path = server.base_dir / SEED_MARKER
     wanted = _seed_marker(scale, server.fts)
-    expected = {LIST_FOLDER: scale.list_count, GREP_FOLDER: scale.grep_count, BIG_FOLDER: 1}
+    folders = seed_folders(scale)
+    expected = {**{folder.name: folder.count for folder in folders}, BIG_FOLDER: 1}
     with contextlib.suppress(FileNotFoundError, ValueError):
-        if json.loads(marker_path.read_text()) == wanted and _folder_counts(server) == expected:
+        if json.loads(marker_path.read_text()) == wanted and _folder_counts(server, list(expected)) == expected:
             log(f"reusing the seeded server in {server.base_dir}")
             return
     marker_path.unlink(missing_ok=True)
@@ -280,23 +359,35 @@ def seed(server: Dovecot, scale: Scale, log: Callable[[str], None]) -> None:
             client.create_folder(name)
             client.subscribe_folder(name)
 
-    jobs: list[tuple[str, list[tuple[bytes, dt.datetime]]]] = []
-    for folder, count, size, every in ((LIST_FOLDER, scale.list_count, scale.list_size, 0),
-                                       (GREP_FOLDER, scale.grep_count, scale.grep_size, scale.grep_every)):
-        for start in range(0, count, SEED_BATCH):
-            batch = [(small_message(folder, i, size, token=bool(every) and i % every == 0), message_time(i))
-                     for i in range(start, min(start + SEED_BATCH, count))]
-            jobs.append((folder, batch))
-    jobs.append((BIG_FOLDER, [(big_message(scale.big_bytes), message_time(0))]))
+    jobs: list[tuple[str, Callable[[], list[tuple[bytes, dt.datetime]]]]] = [
+        (folder.name, _small_batch(folder, start, min(start + SEED_BATCH, folder.count)))
+        for folder in folders for start in range(0, folder.count, SEED_BATCH)]
+    jobs.append((BIG_FOLDER, lambda: [(big_message(scale.big_bytes), message_time(0))]))
     with concurrent.futures.ThreadPoolExecutor(SEED_CONNECTIONS) as pool:
         for future in [pool.submit(_append_batch, server, folder, batch) for folder, batch in jobs]:
             future.result()
 
-    counts = _folder_counts(server)
+    counts = _folder_counts(server, list(expected))
     if counts != expected:
         raise BenchError(f"seeding gave {counts}, expected {expected}")
     marker_path.write_text(json.dumps(wanted) + "\n")
     log(f"seeded {sum(expected.values())} messages in {time.perf_counter() - started:.1f} s")
+
+
+def wait_for_index(server: Dovecot, log: Callable[[str], None]) -> None:
+    """With an fts index, wait until it holds every message, before anything is timed.
+
+    Dovecot indexes new mail in the background (fts_autoindex); a search waits
+    for the folder's index (fts_enforced). One search in every folder, then,
+    so that no row is timed while the indexer still works through the seeded
+    mail (minutes for a freshly seeded 100,000-message folder), and row 9's
+    search finds the index complete, as on a server that has been running.
+    """
+    if not server.fts:
+        return
+    started = time.perf_counter()
+    floor_search(server, TOKEN.split("-"), timeout=FTS_INDEX_TIMEOUT)
+    log(f"the fts index holds every message ({time.perf_counter() - started:.1f} s waited)")
 
 
 # ------------------------------------------------------------------------- helpers
@@ -354,19 +445,47 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def vm_rss_mb(pid: int) -> float:
+def _vm_status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {key} for process {pid}")
+
+
+def vm_rss_mb(pid: int) -> float:
+    """Resident memory of a process now, in MB (MiB, as /proc counts it)."""
+    return _vm_status_mb(pid, "VmRSS")
 
 
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident memory of a process so far, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmHWM for process {pid}")
+    return _vm_status_mb(pid, "VmHWM")
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process (all its threads) so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime and stime, fields 14 and 15 of proc(5)
+
+
+def wait_until_quiet(pid: int, quiet: float, timeout: float = 60.0) -> float:
+    """Wait until a process has used no CPU for ``quiet`` seconds; return how long that took.
+
+    For a fresh mount: imapfs opens its connections (TLS, login) and fetches
+    the folder list in the background once mounted; a row that times one small
+    operation waits for that to end, so that it times the operation and not the
+    mount's own start.
+    """
+    started = time.monotonic()
+    last, since = cpu_ticks(pid), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() - started > timeout:
+            raise BenchError(f"process {pid} did not go quiet within {timeout:.0f} s")
+        time.sleep(0.02)
+        now = cpu_ticks(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+    return time.monotonic() - started
 
 
 def libfuse_mapped(pid: int) -> str:
@@ -557,6 +676,34 @@ def floor_search(server: Dovecot, words: list[str], timeout: float = 30.0) -> tu
             if uids:
                 found[name] = uids
     return time.perf_counter() - started, found
+
+
+def floor_message_meta(server: Dovecot, folder: str, uid: int) -> tuple[float, dict[int, Any]]:
+    """The floor of a stat of one message no one has listed: on a connection already logged in
+    (untimed, as a mount's are by then), EXAMINE its folder and UID FETCH its metadata."""
+    with floor_client(server) as client:
+        drop_caches()  # after the login: the server's files of the folder read cold, as by imapfs
+        started = time.perf_counter()
+        client.select_folder(folder, readonly=True)
+        found = client.fetch([uid], META_ITEMS)
+        return time.perf_counter() - started, found
+
+
+def floor_walk(server: Dovecot, parent: str) -> tuple[float, dict[str, int]]:
+    """The floor of ``find -type f`` over the folders under ``parent``, from nothing: connect, login,
+    LIST, then EXAMINE and UID FETCH of every message's metadata in every folder, one after another
+    on one connection. Returns the messages fetched per folder."""
+    started = time.perf_counter()
+    fetched: dict[str, int] = {}
+    with floor_client(server) as client:
+        for flags, _delimiter, name in client.list_folders("", f"{parent}{server.separator}*"):
+            if b"\\Noselect" in flags or b"\\NonExistent" in flags:
+                continue
+            # UID FETCH 1:(UIDNEXT-1), from EXAMINE's answer: imapclient's fetch() cannot send 1:*
+            # (it keeps only the UIDs it was given); the same one command.
+            uid_next = client.select_folder(name, readonly=True)[b"UIDNEXT"]
+            fetched[name] = len(client.fetch(list(range(1, uid_next)), META_ITEMS)) if uid_next > 1 else 0
+    return time.perf_counter() - started, fetched
 
 
 def write_mbsyncrc(server: Dovecot, directory: Path, maildir: Path) -> Path:
@@ -768,12 +915,12 @@ class Row:
     limit: float | None
     subject_times: list[float] = field(default_factory=list)
     baseline_times: list[float] = field(default_factory=list)
-    unit: str = "ratio"  # or "MB": then subject_times hold megabytes and there is no baseline
+    unit: str = "ratio"  # or an amount ("MB", "B/message"): then subject_times hold it, and there is no baseline
     measured: str = "imapfs"  # what subject_times time, in the per-run list
 
     @property
     def value(self) -> float:
-        if self.unit == "MB":
+        if self.unit != "ratio":
             return max(self.subject_times)
         return median(self.subject_times) / median(self.baseline_times)
 
@@ -820,9 +967,10 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if row.unit == "MB":
-            lines.append(f"| {row.number} | {row.what} | {row.value:.1f} MB | - | {row.value:.1f} MB "
-                         f"| <= {row.target:g} MB | <= {row.limit:g} MB | {row.verdict} |")
+        if row.unit != "ratio":
+            amount = fmt_amount(row.value, row.unit)
+            lines.append(f"| {row.number} | {row.what} | {amount} | - | {amount} "
+                         f"| <= {row.target:g} {row.unit} | <= {row.limit:g} {row.unit} | {row.verdict} |")
         else:
             target = "-" if row.target is None else f"<= {row.target:g}"
             limit = "-" if row.limit is None else f"<= {row.limit:g}"
@@ -831,14 +979,19 @@ def markdown(rows: list[Row], meta: dict[str, str], notes: list[str]) -> str:
                          f"| {target} | {limit} | {row.verdict} |")
     lines += ["", "Ratio = imapfs median / baseline median; lower is better. Every run's time, in ms:", ""]
     for row in rows:
-        if row.unit == "MB":
-            lines.append(f"- {row.number}: RSS per mount: {', '.join(f'{v:.1f} MB' for v in row.subject_times)}")
+        if row.unit != "ratio":
+            lines.append(f"- {row.number}: {row.measured} per mount: "
+                         f"{', '.join(fmt_amount(v, row.unit) for v in row.subject_times)}")
         else:
             lines.append(f"- {row.number}: {row.measured} {_ms(row.subject_times)}; "
                          f"baseline {_ms(row.baseline_times)}")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def fmt_amount(value: float, unit: str) -> str:
+    return f"{value:.1f} {unit}" if unit == "MB" else f"{value:.0f} {unit}"
 
 
 def _ms(values: Sequence[float]) -> str:
@@ -848,24 +1001,52 @@ def _ms(values: Sequence[float]) -> str:
 # ------------------------------------------------------------------------- the measurements
 
 
-class Bench:
-    """Runs the seven measurements against one seeded server; each method fills its rows."""
+def timed_ls_l(folder: Path, count: int, what: str, drop: bool = True) -> float:
+    """``ls -l`` of a folder of ``count`` messages, after dropping the page cache unless told not to; checked."""
+    if drop:
+        drop_caches()
+    elapsed, out = run_tool(["ls", "-l", folder])
+    expect(f"{what}: lines (total + one per message)", count_lines(out), count + 1)
+    return elapsed
 
-    def __init__(self, server: Dovecot, scale: Scale, repeat: int, workdir: Path, mount_options: str) -> None:
+
+def timed_grep(folder: Path, matches: int, what: str, drop: bool = True) -> tuple[float, list[str]]:
+    """``grep -rl TOKEN`` over a folder, after dropping the page cache unless told not to; checked.
+    Returns the time and the names of the files found, sorted."""
+    if drop:
+        drop_caches()
+    elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
+    expect(f"{what}: files with the token", count_lines(out), matches)
+    return elapsed, sorted(Path(line).name for line in out.decode().splitlines())
+
+
+def tree_mb(path: Path) -> float:
+    """The bytes of the files under ``path``, in MB."""
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file()) / 2**20
+
+
+class Bench:
+    """Runs the measurements against one seeded server; each method fills its rows."""
+
+    def __init__(self, server: Dovecot, scale: Scale, repeat: int, workdir: Path, mount_options: str,
+                 latency_ms: float = 0.0) -> None:
         self.server = server
-        self.scale = scale
+        self.dataset = scale
         self.repeat = repeat
         self.workdir = workdir
         self.mount_options = mount_options
+        self.latency_ms = latency_ms
         self.mounts = 0
         self.log_paths: list[Path] = []
         self.notes: list[str] = []  # what a step found worth saying under the table
         self.cold_grep: Row | None = None  # row 3, the baseline of row 9 (grep runs before search)
         self.grep_hits: list[str] = []  # the file names row 3's grep found
+        self.cold_ls: list[float] | None = None  # row 1's cold ls -l times, the baseline of row 10
+        self.local_grep: list[float] | None = None  # row 5's local grep times, the baseline of row 11
 
-    def mount(self, label: str, read_only: bool = False) -> Mount:
+    def mount(self, label: str, read_only: bool = False, options: str = "") -> Mount:
         self.mounts += 1
-        options = ",".join(filter(None, [self.mount_options, "ro" if read_only else ""]))
+        options = ",".join(filter(None, [self.mount_options, "ro" if read_only else "", options]))
         mount = Mount(self.server, self.workdir, f"{self.mounts:02d}-{label}", options)
         self.log_paths.append(mount.log_path)
         return mount
@@ -883,13 +1064,14 @@ class Bench:
         no sorting), so it costs the listing's IMAP work alone; the rest of row 1
         is what the kernel asks per file.
         """
-        n = self.scale.list_count
+        n = self.dataset.list_count
         cold = Row("1", f"cold `ls -l` of {n:,} messages", "fresh mount",
                    f"1 conn, UID FETCH x{FLOOR_META_BATCH}", 1.2, 2)
         readdir_only = Row("1b", f"cold `ls -f` of {n:,} messages (readdir only)", "fresh mount",
                            f"1 conn, UID FETCH x{FLOOR_META_BATCH}", None, None)
         warm = Row("2", f"warm `ls -l` of {n:,} messages", "same mount", f"local dir of {n:,} files", 2, 5)
-        rss = Row("7", f"imapfs RSS after listing {n:,} messages", "VmRSS", "-", 80, 150, unit="MB")
+        rss = Row("7", f"imapfs RSS after listing {n:,} messages", "VmRSS", "-", 80, 150, unit="MB",
+                  measured="RSS")
 
         _, fetched = floor_listing(self.server, LIST_FOLDER)  # warm the server's index cache, untimed
         expect("metadata records fetched", fetched, n)
@@ -903,13 +1085,8 @@ class Bench:
         for _ in range(self.repeat):
             with self.mount("ls") as mount:
                 folder = mount.mountpoint / LIST_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["ls", "-l", folder])
-                expect("cold ls -l lines (total + one per message)", count_lines(out), n + 1)
-                cold.subject_times.append(elapsed)
-                elapsed, out = run_tool(["ls", "-l", folder])
-                expect("warm ls -l lines", count_lines(out), n + 1)
-                warm.subject_times.append(elapsed)
+                cold.subject_times.append(timed_ls_l(folder, n, "cold ls -l"))
+                warm.subject_times.append(timed_ls_l(folder, n, "warm ls -l", drop=False))
                 rss.subject_times.append(vm_rss_mb(mount.pid))
                 names = os.listdir(folder)
             with self.mount("ls-f") as mount:
@@ -925,9 +1102,8 @@ class Bench:
             (local / name).touch()
         run_tool(["ls", "-l", local])  # warm: this is the warm comparison
         for _ in range(self.repeat):
-            elapsed, out = run_tool(["ls", "-l", local])
-            expect("local ls -l lines", count_lines(out), n + 1)
-            warm.baseline_times.append(elapsed)
+            warm.baseline_times.append(timed_ls_l(local, n, "local ls -l", drop=False))
+        self.cold_ls = cold.subject_times
         return [cold, readdir_only, warm, rss]
 
     def grep(self) -> list[Row]:
@@ -941,7 +1117,7 @@ class Bench:
         same machine. The bytes are the ones the baseline fetched, the names
         and attributes the ones the first imapfs mount showed.
         """
-        n, matches = self.scale.grep_count, self.scale.grep_matches
+        n, matches = self.dataset.grep_count, self.dataset.grep_matches
         cold = Row("3", f"cold `grep -rl` over {n:,} messages", "fresh mount -o ro",
                    f"1 conn, BODY.PEEK[] x{FLOOR_BODY_BATCH}", 1.2, 2)
         vs_mbsync = Row("4", "cold `grep -rl` vs mbsync + grep", "fresh mount -o ro", "mbsync + grep", 0.7, 1)
@@ -966,38 +1142,25 @@ class Bench:
         for run in range(self.repeat):
             with self.mount("grep", read_only=True) as mount:
                 folder = mount.mountpoint / GREP_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("cold grep -rl: files with the token", count_lines(out), matches)
+                elapsed, imapfs_hits = timed_grep(folder, matches, "cold grep -rl")
                 cold.subject_times.append(elapsed)
-                imapfs_hits = sorted(Path(line).name for line in out.decode().splitlines())
                 self.grep_hits = imapfs_hits
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("warm grep -rl: files with the token", count_lines(out), matches)
-                warm.subject_times.append(elapsed)
+                warm.subject_times.append(timed_grep(folder, matches, "warm grep -rl", drop=False)[0])
                 if run == 0:
                     imapfs_libfuse = libfuse_mapped(mount.pid)
                     expect("files handed to the floor FS", write_floor_data(folder, bodies, floor_data), n)
             with self.mount("grep-rw") as mount:
                 folder = mount.mountpoint / GREP_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("cold grep -rl, read-write mount: files with the token", count_lines(out), matches)
-                cold_rw.subject_times.append(elapsed)
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("warm grep -rl, read-write mount: files with the token", count_lines(out), matches)
-                warm_rw.subject_times.append(elapsed)
+                cold_rw.subject_times.append(timed_grep(folder, matches, "cold grep -rl, read-write mount")[0])
+                warm_rw.subject_times.append(
+                    timed_grep(folder, matches, "warm grep -rl, read-write mount", drop=False)[0])
             with self.floor_mount(floor_data) as floor:
                 folder = floor.mountpoint / GREP_FOLDER
-                drop_caches()
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("cold grep -rl over the floor FS: files with the token", count_lines(out), matches)
-                expect("cold grep -rl: the floor FS finds the files imapfs found",
-                       sorted(Path(line).name for line in out.decode().splitlines()), imapfs_hits)
+                elapsed, floor_hits = timed_grep(folder, matches, "cold grep -rl over the floor FS")
+                expect("cold grep -rl: the floor FS finds the files imapfs found", floor_hits, imapfs_hits)
                 cold_floor.subject_times.append(elapsed)
-                elapsed, out = run_tool(["grep", "-rl", TOKEN, folder])
-                expect("warm grep -rl over the floor FS: files with the token", count_lines(out), matches)
-                warm_floor.subject_times.append(elapsed)
+                warm_floor.subject_times.append(
+                    timed_grep(folder, matches, "warm grep -rl over the floor FS", drop=False)[0])
                 floor_libfuse = libfuse_mapped(floor.pid)
         expect("libfuse of the floor FS == libfuse of imapfs", floor_libfuse, imapfs_libfuse)
         vs_mbsync.subject_times = list(cold.subject_times)
@@ -1013,16 +1176,7 @@ class Bench:
             expect("mbsync + grep -rl: files with the token", found, matches)
             vs_mbsync.baseline_times.append(elapsed)
 
-        local = self.workdir / "local-grep"
-        local.mkdir(exist_ok=True)
-        for uid, body in bodies.items():
-            (local / f"{uid}.eml").write_bytes(body)
-        run_tool(["grep", "-rl", TOKEN, local])  # warm
-        for _ in range(self.repeat):
-            elapsed, out = run_tool(["grep", "-rl", TOKEN, local])
-            expect("local grep -rl: files with the token", count_lines(out), matches)
-            warm.baseline_times.append(elapsed)
-        warm_floor.baseline_times = warm_rw.baseline_times = warm.baseline_times
+        warm.baseline_times = warm_floor.baseline_times = warm_rw.baseline_times = self.local_grep_baseline(bodies)
         self.notes += [floor_note("cold", cold_rw, cold_floor), floor_note("warm", warm_rw, warm_floor),
                        f"floor FS: {n:,} files (same names, sizes, mode 0444) served from memory by mfusepy on "
                        f"{floor_libfuse}, as imapfs; multithreaded, keep_cache + noflush, READDIRPLUS with attributes, "
@@ -1030,9 +1184,20 @@ class Bench:
         self.cold_grep = cold
         return [cold, cold_rw, cold_floor, vs_mbsync, warm, warm_rw, warm_floor]
 
+    def local_grep_baseline(self, bodies: dict[int, bytes]) -> list[float]:
+        """Row 5's baseline: ``grep -rl`` over a local copy of the bodies, in the page cache (warmed first)."""
+        local = self.workdir / "local-grep"
+        local.mkdir(exist_ok=True)
+        for uid, body in bodies.items():
+            (local / f"{uid}.eml").write_bytes(body)
+        matches = self.dataset.grep_matches
+        run_tool(["grep", "-rl", TOKEN, local])  # warm
+        self.local_grep = [timed_grep(local, matches, "local grep -rl", drop=False)[0] for _ in range(self.repeat)]
+        return self.local_grep
+
     def search(self) -> list[Row]:
         """Rows 9 and 9s: a server-side search through .search/ against the cold grep of row 3."""
-        matches = self.scale.grep_matches
+        matches = self.dataset.grep_matches
         row = Row("9", "cold `ls .search/TOKEN/` (all folders searched)", "fresh mount -o ro",
                   "row 3's cold `grep -rl`", 0.1, 0.3)
         floor = Row("9s", "server-side search alone", "1 conn, UID SEARCH in every folder",
@@ -1043,7 +1208,7 @@ class Bench:
         words = TOKEN.split("-") if self.server.fts else [TOKEN]
         query = " ".join(words)
         # Warm the server (its caches), untimed. An fts index is built as mail arrives, in the
-        # background; a search waits for it (fts_enforced), the first one after seeding minutes.
+        # background; a search waits for it (fts_enforced): wait_for_index did, before any timing.
         floor_search(self.server, words, timeout=FTS_INDEX_TIMEOUT)
         for _ in range(self.repeat):
             drop_caches()  # as before row 9's ls: the server's index read cold, by both
@@ -1066,10 +1231,10 @@ class Bench:
 
     def big(self) -> list[Row]:
         """Row 6: the first 4 KiB of a huge message must not cost the whole message."""
-        size_mb = self.scale.big_bytes / (1024 * 1024)
+        size_mb = self.dataset.big_bytes / (1024 * 1024)
         row = Row("6", f"`head -c {HEAD_BYTES}` of a {size_mb:g} MB message", "fresh mount, listed",
                   "full raw fetch", 0.02, 0.2)
-        expected = big_message(self.scale.big_bytes)
+        expected = big_message(self.dataset.big_bytes)
 
         def fetch_big() -> tuple[float, bytes]:
             elapsed, bodies = floor_bodies(self.server, BIG_FOLDER)
@@ -1097,13 +1262,13 @@ class Bench:
 
     def filing(self) -> list[Row]:
         """Rows 8 and 8m: cp of a big message into a folder against imapclient's APPEND of it; its memory."""
-        size_mb = self.scale.big_bytes / (1024 * 1024)
+        size_mb = self.dataset.big_bytes / (1024 * 1024)
         row = Row("8", f"`cp` of a {size_mb:g} MB message into a folder", "fresh mount, listed",
                   "imapclient APPEND of the same bytes", 1.5, 3)
         memory = Row("8m", "imapfs peak RSS growth during that `cp`", "VmHWM - VmRSS before", "-", 64, 128,
-                     unit="MB")
+                     unit="MB", measured="RSS growth")
         source = self.workdir / "filing-source.eml"
-        source.write_bytes(big_message(self.scale.big_bytes).replace(b"big message", b"filed message", 1))
+        source.write_bytes(big_message(self.dataset.big_bytes).replace(b"big message", b"filed message", 1))
         expected = source.read_bytes()
 
         def fresh_folder(run: int, kind: str) -> str:
@@ -1139,6 +1304,144 @@ class Bench:
                 row.subject_times.append(elapsed)
             expect("one message of the source's size after cp", stored(name), len(expected))
         return [row, memory]
+
+    def cache(self) -> list[Row]:
+        """Rows 10 and 11: a remount over the persistent cache an earlier mount filled.
+
+        Each row has a cache_dir of its own in the workdir, emptied first and
+        filled by one untimed mount (``ls -l`` of LIST_FOLDER; ``grep -rl`` of
+        GREP_FOLDER on ``-o ro``, which reads every body), then unmounted. Every
+        timed run is a new imapfs process on that cache_dir. 2,000 bodies of 10 KB
+        are 20 MB, well within disk_cache_mb's default of 1024 MiB.
+        Row 10 drops the page cache before its ``ls -l``, as row 1 (its baseline)
+        does, so the server's files are as cold as they were for row 1, and the
+        disk cache is read from disk. Row 11 does not, as row 5's local grep (its
+        baseline) reads a copy in the page cache: there, the disk cache's file is
+        as warm as the local copy, as shortly after an unmount.
+        The baselines are row 1's cold ``ls -l`` and row 5's local grep, the very
+        same runs when the listing and grep steps ran, else measured here alike.
+        """
+        n, g, matches = self.dataset.list_count, self.dataset.grep_count, self.dataset.grep_matches
+        remount_ls = Row("10", f"remount + `ls -l` of {n:,} messages, listing on disk", "remount, cache filled",
+                         "row 1's cold `ls -l`", 0.1, 0.3)
+        remount_grep = Row("11", f"remount + `grep -rl` over {g:,} messages, bodies on disk",
+                           "remount -o ro, cache filled", "grep on local copy (row 5's)", 3, 6)
+        if self.cold_ls is None:
+            self.cold_ls = []
+            for _ in range(self.repeat):
+                with self.mount("ls") as mount:
+                    self.cold_ls.append(timed_ls_l(mount.mountpoint / LIST_FOLDER, n, "cold ls -l"))
+        if self.local_grep is None:
+            _, bodies = floor_bodies(self.server, GREP_FOLDER)
+            expect("bodies fetched", len(bodies), g)
+            self.local_grep_baseline(bodies)
+        remount_ls.baseline_times = list(self.cold_ls)
+        remount_grep.baseline_times = list(self.local_grep or [])
+
+        ls_cache = self.fresh_cache_dir("ls")
+        with self.mount("cache-fill-ls", options=f"cache_dir={ls_cache}") as mount:
+            timed_ls_l(mount.mountpoint / LIST_FOLDER, n, "ls -l filling the disk cache")
+        for _ in range(self.repeat):
+            with self.mount("remount-ls", options=f"cache_dir={ls_cache}") as mount:
+                remount_ls.subject_times.append(timed_ls_l(mount.mountpoint / LIST_FOLDER, n, "remount ls -l"))
+
+        grep_cache = self.fresh_cache_dir("grep")
+        with self.mount("cache-fill-grep", read_only=True, options=f"cache_dir={grep_cache}") as mount:
+            _, hits = timed_grep(mount.mountpoint / GREP_FOLDER, matches, "grep -rl filling the disk cache")
+        for _ in range(self.repeat):
+            with self.mount("remount-grep", read_only=True, options=f"cache_dir={grep_cache}") as mount:
+                elapsed, found = timed_grep(mount.mountpoint / GREP_FOLDER, matches, "remount grep -rl", drop=False)
+                expect("remount grep -rl: the files the filling mount's grep found", found, hits)
+                remount_grep.subject_times.append(elapsed)
+        self.notes.append(f"rows 10 and 11: the persistent caches hold {tree_mb(ls_cache):.1f} MB "
+                          f"({LIST_FOLDER}'s listing) and {tree_mb(grep_cache):.1f} MB ({GREP_FOLDER}'s listing "
+                          f"and bodies) after the remounts")
+        return [remount_ls, remount_grep]
+
+    def fresh_cache_dir(self, kind: str) -> Path:
+        """An empty cache_dir in the workdir (a --workdir used before may hold an old one)."""
+        path = self.workdir / f"cache-{kind}"
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def scale(self) -> list[Row]:
+        """Rows 12, 13, 14 and 14b: one stat in a 100,000-message folder, find over 300 folders, memory.
+
+        Rows 12 and 14 wait, after mounting, until imapfs has been idle (no CPU)
+        for 0.3 s or 6 round trips: its connections opened at mount have logged
+        in and the folder list is fetched, so row 12 times the stat itself and
+        row 14b's "before" is a mount that is up and has listed nothing.
+        """
+        d = self.dataset
+        n = d.huge_count
+        stat_row = Row("12", f"`stat` of one message right after mounting a {n:,}-message folder",
+                       "fresh mount, nothing listed", "1 logged-in conn: EXAMINE + UID FETCH of it", 3, 9)
+        walk = Row("13", f"`find -type f` over {d.many_folders} folders x {d.many_count} messages", "fresh mount",
+                   "1 conn: LIST, then EXAMINE + UID FETCH per folder", 0.5, 1.5)
+        peak = Row("14", f"imapfs peak RSS after `ls -l` of {n:,} messages", "VmHWM", "-", 80, 240, unit="MB",
+                   measured="VmHWM")
+        per_message = Row("14b", "memory per message held after that `ls -l`", "(VmRSS after - before) / n", "-",
+                          600, 1800, unit="B/message", measured="VmRSS growth")
+        quiet = max(0.3, 6 * self.latency_ms / 1000)
+
+        # Rows 14 and 14b first: their listing also names the message row 12 stats.
+        names: list[str] = []
+        listing_times: list[float] = []
+        for _ in range(self.repeat):
+            with self.mount("huge-ls") as mount:
+                wait_until_quiet(mount.pid, quiet)
+                drop_caches()  # before "before": the drop must not change what either side counts
+                before = vm_rss_mb(mount.pid)
+                folder = mount.mountpoint / HUGE_FOLDER
+                listing_times.append(timed_ls_l(folder, n, f"ls -l of {n:,} messages", drop=False))
+                after = vm_rss_mb(mount.pid)
+                peak.subject_times.append(vm_hwm_mb(mount.pid))
+                per_message.subject_times.append((after - before) * 2**20 / n)
+                names = names or os.listdir(folder)
+
+        by_uid = {uid_from_filename(name): name for name in names}
+        expect(f"messages named in {HUGE_FOLDER}, each by its own UID", len(by_uid.keys() - {None}), n)
+        uid = sorted(by_uid.keys() - {None})[n // 2]  # the middle message: neither end of the folder
+        name = by_uid[uid]
+        _, found = floor_message_meta(self.server, HUGE_FOLDER, uid)  # warm the server, untimed
+        size = found[uid][b"RFC822.SIZE"]
+        for _ in range(self.repeat):
+            elapsed, found = floor_message_meta(self.server, HUGE_FOLDER, uid)
+            expect("UID FETCH of one message: the message fetched", list(found), [uid])
+            stat_row.baseline_times.append(elapsed)
+        tool_loader = self.workdir / "stat-loads-stat"
+        tool_loader.touch()
+        for _ in range(self.repeat):
+            with self.mount("stat") as mount:
+                wait_until_quiet(mount.pid, quiet)
+                drop_caches()
+                # Load stat itself from disk, untimed: its few ms would otherwise be much of the row.
+                run_tool(["stat", "-c", "%s", tool_loader])
+                elapsed, out = run_tool(["stat", "-c", "%s", mount.mountpoint / HUGE_FOLDER / name])
+                expect(f"stat of {name}: its size", out.decode().strip(), str(size))
+                stat_row.subject_times.append(elapsed)
+
+        wanted = {folder: d.many_count for folder in d.many_names}
+        _, fetched = floor_walk(self.server, MANY_PARENT)  # warm the server, untimed
+        expect(f"LIST + UID FETCH under {MANY_PARENT}: messages per folder", fetched, wanted)
+        for _ in range(self.repeat):
+            drop_caches()
+            elapsed, fetched = floor_walk(self.server, MANY_PARENT)
+            expect(f"LIST + UID FETCH under {MANY_PARENT}: messages per folder", fetched, wanted)
+            walk.baseline_times.append(elapsed)
+        for _ in range(self.repeat):
+            with self.mount("find") as mount:
+                drop_caches()
+                elapsed, out = run_tool(["find", mount.mountpoint / MANY_PARENT, "-type", "f"])
+                files = [Path(line) for line in out.decode().splitlines()]
+                expect("find -type f: files", len(files), d.many_folders * d.many_count)
+                expect("find -type f: folders with files, each with all its messages",
+                       sorted(collections.Counter(f.parent.name for f in files).items()),
+                       sorted((folder.rsplit("/", 1)[-1], count) for folder, count in wanted.items()))
+                walk.subject_times.append(elapsed)
+        self.notes.append(f"row 14: its `ls -l` of {n:,} messages (fresh mount, page cache dropped) took "
+                          f"{fmt_seconds(listing_times)}")
+        return [stat_row, walk, peak, per_message]
 
     def log_notes(self) -> list[str]:
         """What imapfs logged above INFO: the first hint when a ratio is off."""
@@ -1176,7 +1479,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing; the median is reported (default 3)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1,000 / 200 messages and a 5 MB message instead of 10,000 / 2,000 / 50 MB")
+                        help="smoke run: 1,000 / 200 / 10,000 messages, 30 folders of 50 and a 5 MB message "
+                             "instead of 10,000 / 2,000 / 100,000, 300 folders of 50 and 50 MB")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the seeded Dovecot in DIR and reuse it next time (reseeded if the data set differs)")
     parser.add_argument("--out", type=Path, default=Path("bench-results.md"),
@@ -1194,7 +1498,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="exit 3 if any measure fails its limit")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help="which groups of rows to measure, comma-separated, from "
-                             f"{', '.join(STEPS)} (default: all; search needs grep, whose cold grep is its baseline)")
+                             f"{', '.join(STEPS)} (default: all; search needs grep, whose cold grep is its baseline; "
+                             "cache measures rows 1's and 5's baselines itself when listing or grep does not run)")
     # Internal: the floor filesystem's own process (FloorMount starts it).
     parser.add_argument("--serve-floor-fs", nargs=2, type=Path, metavar=("DATA", "MOUNTPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1236,7 +1541,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log_line("needs root (the test Dovecot's master switches users)")
         return 2
-    for tool in ("fusermount3", "mbsync", "ls", "grep", "head"):
+    for tool in ("fusermount3", "mbsync", "ls", "grep", "head", "stat", "find"):
         if shutil.which(tool) is None:
             log_line(f"{tool} not found: run scripts/setup (apt-get install -y fuse3 isync)")
             return 2
@@ -1254,6 +1559,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack, dovecot_server(args.keep, args.fts) as server:
             seed(server, scale, log_line)
+            wait_for_index(server, log_line)
             measured = server
             if args.latency_ms:
                 # Everything measured (imapfs, the imapclient baselines, mbsync) reaches
@@ -1262,7 +1568,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(proxy.close)
                 measured = copy.copy(server)
                 measured.imaps_port = proxy.port
-            bench = Bench(measured, scale, args.repeat, workdir, args.mount_options)
+            bench = Bench(measured, scale, args.repeat, workdir, args.mount_options, args.latency_ms)
             rows: list[Row] = []
             for step in (getattr(bench, name) for name in STEPS if name in args.steps):
                 log_line(f"measuring: {step.__doc__.splitlines()[0] if step.__doc__ else step.__name__}")
@@ -1289,7 +1595,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "dataset": (f"{scale.list_count:,} x ~{scale.list_size / 1000:g} KB in {LIST_FOLDER}; "
                     f"{scale.grep_count:,} x ~{scale.grep_size / 1000:g} KB in {GREP_FOLDER}, "
-                    f"{scale.grep_matches} with the token; 1 x {scale.big_bytes / 2**20:g} MB in {BIG_FOLDER}"),
+                    f"{scale.grep_matches} with the token; 1 x {scale.big_bytes / 2**20:g} MB in {BIG_FOLDER}; "
+                    f"{scale.huge_count:,} x ~{scale.huge_size / 1000:g} KB in {HUGE_FOLDER}; "
+                    f"{scale.many_folders} folders x {scale.many_count} x ~{scale.many_size / 1000:g} KB "
+                    f"in {MANY_PARENT}/"),
         "repeat": str(args.repeat),
         "drop": "yes" if _drop_caches_works else "no (not permitted here; cold = fresh mount)",
         "options": f"ca_file=...{',' + args.mount_options if args.mount_options else ''}",
