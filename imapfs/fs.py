@@ -219,6 +219,11 @@ class ImapFS(fuse.Operations):
         # (uidvalidity, uid, size) last told to the kernel for each message
         # path: reads may go through the page cache only while it is right.
         self._told: LRUCache[str, tuple[int, int, int]] = LRUCache(maxsize=200_000)
+        # Folder directories of the main view listed to the kernel with
+        # attributes: path -> (the listing they were made from, the store's
+        # size epoch then). A message of that listing, unchanged since, has
+        # the attributes the kernel holds, without an entry per message.
+        self._told_dirs: LRUCache[str, tuple[Any, int]] = LRUCache(maxsize=1024)
         # The same for derived files: (key, size) last told at each path, and the key last opened there.
         self._told_derived: LRUCache[str, tuple[Any, int]] = LRUCache(maxsize=100_000)
         self._opened_derived: LRUCache[str, Any] = LRUCache(maxsize=100_000)
@@ -470,11 +475,16 @@ class ImapFS(fuse.Operations):
                 return cached[3]
         prefix = path.rstrip("/") + "/"
         told = plus and not self.kernel_opens  # only open() reads _told
+        listing = self.store.cached_listing(node.folder.name) \
+            if told and view is self.root.main and node.folder is not None else None
+        if listing is not None:
+            with self._state_lock:
+                self._told_dirs[path.rstrip("/")] = (listing, self.store.size_epoch)
 
         def attrs(name: str, child: Node) -> dict[str, Any] | None:
             if isinstance(child, MessageRef):
                 meta = child.meta
-                if told:
+                if told and (listing is None or listing.messages.get(meta.uid) is not meta):
                     with self._state_lock:
                         self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
                 return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
@@ -596,7 +606,7 @@ class ImapFS(fuse.Operations):
         with self._state_lock:
             same_message = self._opened_as.get(path) == identity
             self._opened_as[path] = identity
-            kernel_knows = self._told.get(path) == (*identity, ref.meta.size)
+            kernel_knows = self._told.get(path) == (*identity, ref.meta.size) or self._told_by_dir(path, ref)
         # The kernel clamps page-cache reads at the size it holds: only when
         # that is this message's real size may reads go through the cache.
         # Otherwise (a folder recreated under the same names, a size the
@@ -607,6 +617,18 @@ class ImapFS(fuse.Operations):
         if not kernel_knows and ref.meta.size_verified:
             self.names_changed(ref.folder.name, [ref.meta.filename])
         return 0
+
+    def _told_by_dir(self, path: str, ref: MessageRef) -> bool:
+        """Whether the kernel holds ref's attributes from a READDIRPLUS of its
+        directory (see _told_dirs): made from the folder's current listing,
+        which holds this very message, and no size corrected since. Caller
+        holds _state_lock."""
+        told = self._told_dirs.get(path.rsplit("/", 1)[0])
+        if told is None:
+            return False
+        listing, epoch = told
+        return (epoch == self.store.size_epoch and listing is self.store.cached_listing(ref.folder.name)
+                and listing.uidvalidity == ref.uidvalidity and listing.messages.get(ref.meta.uid) is ref.meta)
 
     def _open_derived(self, path: str, node: DerivedFile, fi: Any) -> int:
         """A derived file's bytes are made now (the view fetches what they

@@ -613,6 +613,17 @@ class Session:
             raise ProtocolError(f"UID FETCH in {folder!r} failed: {text or typ}")
         return status, _fetched_by_uid(untagged)
 
+    def fetch_each_folder(self, folders: list[str], items: list[str], *, literal_limit: int | None = None
+                          ) -> list[tuple[FolderStatus | None, dict[int, dict[bytes, Any]] | None]]:
+        """EXAMINE and UID FETCH 1:* items in each folder, all sent at once
+        (one round trip): per folder its status (None: it could not be
+        examined) and every message's items (None: the fetch was refused, as
+        some servers refuse 1:* in an empty folder)."""
+        command = b"UID FETCH 1:* " + seq_to_parenstr_upper(items).encode("ascii")
+        answers = self._each_examined(folders, lambda _folder: [command], literal_limit)
+        return [(status, _fetched_by_uid(replies[0][2]) if status is not None and replies[0][0] == "OK" else None)
+                for status, replies in answers]
+
     def _search_one(self, folder: str, keys: list[str], charset: str | None, items: list[str] | None,
                     literal_limit: int | None) -> Searched:
         """search_each's way for one folder when the search must wait for continuations."""

@@ -69,6 +69,10 @@ PART_RANGE = 1 << 20
 # While the server is unreachable, cached listings are shown and the server
 # is tried again after this many seconds.
 OFFLINE_RETRY_SECONDS = 5.0
+# Folders listed ahead of a walk per command (one round trip each); folders
+# whose size LIST-STATUS did not tell, listed ahead at most this many.
+WALK_BATCH = 10
+WALK_MAX_OTHERS = 32
 # A lookup of a folder path the list does not hold fetches the list again, at most this often.
 MISS_RELIST_SECONDS = 2.0
 
@@ -100,6 +104,11 @@ class MailStore:
         self._sync_locks_guard = threading.Lock()  # guards _sync_locks
         self._folders_lock = threading.Lock()  # serialises LIST so parallel lookups share one
         self._last_miss_relist = float("-inf")  # when relist_after_miss last fetched the list
+        self._walk_lock = threading.Lock()  # guards _walk_last, _walks_started
+        self._walk_last: tuple[str | None, str] | None = None  # (parent, folder) last listed from the server
+        # Parents whose folders were listed ahead of a walk (once per listing_ttl each).
+        self._walks_started: TTLCache[str | None, bool] = TTLCache(maxsize=1024, ttl=max(options.listing_ttl, 0.001),
+                                                                    timer=clock)
         # (when, folder -> status, generations before) of the last LIST-STATUS (see listed_status).
         self._listed: tuple[float, dict[str, FolderStatus], dict[str, int]] = (float("-inf"), {}, {})
         # Called with a folder's name whenever it is listed: the watcher IDLEs on the latest.
@@ -228,6 +237,7 @@ class MailStore:
         listing = self.listings.get(folder)
         if self._fresh(listing):
             return listing
+        self._note_walk(folder)
         with self._sync_lock(folder):
             listing = self.listings.get(folder)
             if self._fresh(listing):
@@ -264,6 +274,76 @@ class MailStore:
             elif self.disk is not None:
                 self._disk_lagging.add(folder)  # guarded by the folder's sync lock, held here
             return fresh
+
+    # --- walks: many folders listed one after another ---------------------
+    def _note_walk(self, folder: str) -> None:
+        """A folder is about to be listed from the server. When it is the
+        second folder in a row under the same parent (find, grep -r, du walk
+        a tree so), the parent's other folders are listed in the
+        background, side by side over the pool: a walk of 300 small folders
+        then waits for a few round trips, not for 300 times three."""
+        parent = _parent_name(folder, self._delimiter_of(folder))
+        with self._walk_lock:
+            previous, self._walk_last = self._walk_last, (parent, folder)
+            if previous is None or previous[0] != parent or previous[1] == folder or parent in self._walks_started:
+                return
+            self._walks_started[parent] = True
+        siblings = [f.name for f in self.cached_folders() or []
+                    if f.selectable and f.name != folder and _parent_name(f.name, f.delimiter) == parent]
+        wanted = [name for name in siblings if not self._fresh(self.listings.get(name))]
+        if wanted:
+            threading.Thread(target=self._prefetch_listings, args=(wanted,), name="imapfs-walk", daemon=True).start()
+
+    def _delimiter_of(self, folder: str) -> str | None:
+        for known in self.cached_folders() or []:
+            if known.name == folder:
+                return known.delimiter
+        return None
+
+    def _prefetch_listings(self, folders: list[str]) -> None:
+        small = [name for name in folders if (status := self.listed_status(name)) is not None
+                 and status.exists <= self.options.fetch_batch]
+        others = [name for name in folders if name not in set(small)]
+        batches = [small[start:start + WALK_BATCH] for start in range(0, len(small), WALK_BATCH)]
+        try:
+            self._in_parallel(self._list_small, batches)
+            # Folders of unknown or larger size: listed as usual, side by side.
+            self._in_parallel(self.listing, others[:WALK_MAX_OTHERS])
+        except ImapFSError as exc:
+            log.debug("listing folders ahead of a walk stopped: %s", exc)
+
+    def _list_small(self, folders: list[str]) -> None:
+        """Listings of small folders not listed yet, for all of them in one
+        round trip: EXAMINE and UID FETCH 1:* of each, sent at once. A folder
+        whose lock another lister holds is left to it."""
+        held: list[tuple[str, threading.Lock, int]] = []
+        try:
+            for name in folders:
+                lock = self._sync_lock(name)
+                if self.listings.get(name) is None and lock.acquire(blocking=False):
+                    held.append((name, lock, self.listings.generation(name)))
+            if not held:
+                return
+            answers = self.pool.run(lambda session: session.fetch_each_folder(
+                [name for name, _, _ in held], METADATA_ITEMS, literal_limit=HEADER_LITERAL_LIMIT))
+            for (name, _, generation), (status, fetched) in zip(held, answers, strict=True):
+                if status is None or (fetched is None and status.exists):
+                    continue  # gone, or refused: the foreground lists it as usual
+                listing = Listing(folder=name, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
+                                  highestmodseq=status.highestmodseq)
+                for uid, data in sorted((fetched or {}).items()):
+                    meta = _meta_from_fetch(uid, data)
+                    if meta is not None:
+                        listing.add(meta)
+                if len(listing.messages) != status.exists:
+                    continue  # changed meanwhile: the foreground lists it as usual
+                listing.synced_at = self._clock()
+                listing.changed_ns = self.started_ns if not self.listings.seen_before(name) else time.time_ns()
+                if self.listings.put(listing, generation):
+                    self._write_back(None, listing, [])
+        finally:
+            for _, lock, _ in held:
+                lock.release()
 
     def _write_back(self, old: Listing | None, fresh: Listing, flag_changes: list[int]) -> None:
         """Store a synchronised listing on disk in one transaction, writing
@@ -1284,6 +1364,13 @@ def _flags(raw: Any) -> tuple[str, ...]:
     if len(_FLAG_TUPLES) < 4096:
         _FLAG_TUPLES[key] = value
     return value
+
+
+def _parent_name(folder: str, delimiter: str | None) -> str | None:
+    """The folder's parent's name ("" for a top-level folder; None without a delimiter)."""
+    if not delimiter:
+        return None
+    return folder.rsplit(delimiter, 1)[0] if delimiter in folder else ""
 
 
 def _unchanged(listing: Listing, status: FolderStatus) -> bool:

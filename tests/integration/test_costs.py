@@ -79,3 +79,32 @@ def test_stat_of_one_file_right_after_mounting_fetches_that_uid_only(dovecot, im
     listed = os.stat(m.path / fresh_folder / name)
     assert (listed.st_size, listed.st_mtime) == (shown.st_size, shown.st_mtime)
     assert name in os.listdir(m.path / fresh_folder)
+
+
+def test_find_over_many_folders_lists_them_ahead_and_shows_every_message(dovecot, imap, fresh_folder, mount,
+                                                                        command_log):
+    """find walks 30 small folders: after the second, the rest are listed in the
+    background, several folders per command batch (EXAMINE + UID FETCH 1:* each,
+    sent together); what find prints is every message, as the server has them."""
+    children = [f"{fresh_folder}/f{number:02d}" for number in range(30)]
+    for child in children:
+        dovecot.create_folder(child)
+        for number in range(3):
+            dovecot.append(child, message(f"{child} {number}"))
+    m = mount("cache_dir=none", url=command_log.url(dovecot.user))
+    found = sh("find", m.path / fresh_folder, "-type", "f").stdout.decode().split("\n")
+    shown: dict[str, set[int]] = {}
+    for line in filter(None, found):
+        path = os.path.relpath(line, m.path)
+        folder, name = path.rsplit("/", 1)
+        shown.setdefault(folder, set()).add(names.uid_from_filename(name))
+    expected = {}
+    for child in children:
+        imap.select_folder(child, readonly=True)
+        expected[child] = set(imap.search("ALL"))
+    assert shown == expected
+    sent = command_log.take()
+    whole = [line for line in sent if re.match(r"UID FETCH 1:\* ", line, re.IGNORECASE)]
+    assert len(whole) >= 20, sent  # most folders listed ahead, whole, in batches
+    examined = [line for line in sent if line.upper().startswith("EXAMINE")]
+    assert len(examined) <= 2 * len(children), examined  # nobody listed twice over

@@ -333,6 +333,19 @@ class FakeSession:
             return None, {}
         return status, self.fetch(uids, items, literal_limit=literal_limit)
 
+    def fetch_each_folder(self, folders: list[str], items: list[str], *, literal_limit: int | None = None
+                          ) -> list[tuple[FolderStatus | None, dict[int, dict[bytes, Any]] | None]]:
+        """As pool.Session.fetch_each_folder (which pipelines them): EXAMINE and UID FETCH 1:* each."""
+        answers: list[tuple[FolderStatus | None, dict[int, dict[bytes, Any]] | None]] = []
+        for folder in folders:
+            try:
+                status = self.select(folder, readonly=True)
+            except NotFound:
+                answers.append((None, None))
+                continue
+            answers.append((status, self.fetch("1:*", items, literal_limit=literal_limit)))
+        return answers
+
     def search_each(self, folders: list[str], keys: Any, charset: str | None = None,
                     items: list[str] | None = None, *, fetch_in: Any = None,
                     literal_limit: int | None = None) -> list[Searched]:

@@ -366,3 +366,30 @@ def test_without_condstore_an_unchanged_looking_folder_is_still_resynchronised(c
     server.set_flags("INBOX", 1, {"\\Flagged"})  # no HIGHESTMODSEQ to tell
     clock.now += 60
     assert store.listing("INBOX").messages[1].flags == ("\\Flagged",)
+
+
+def test_a_walk_lists_the_other_small_folders_ahead_side_by_side(clock):
+    import time as _time
+    server = FakeServer(capabilities=("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE", "LIST-STATUS"))
+    names_ = [f"many/f{number:02d}" for number in range(12)]
+    for name in names_:
+        server.create(name)
+        for number in range(3):
+            server.add(name, msg(f"{name} {number}"))
+    server.create("big")
+    store = MailStore(FakePool(server, connections=3), Options(listing_ttl=10, connections=3, fetch_batch=5),
+                      clock=clock)
+    store.folders()
+    store.listing("many/f00")
+    assert all(store.cached_listing(name) is None for name in names_[1:])  # one folder listed: no walk yet
+    store.listing("many/f01")  # a second sibling in a row: a walk
+    deadline = _time.monotonic() + 10
+    while any(store.cached_listing(name) is None for name in names_) and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    for name in names_:
+        listing = store.cached_listing(name)
+        assert listing is not None and sorted(listing.messages) == sorted(server.mailboxes[name].messages)
+    assert store.cached_listing("big") is None  # not a sibling: not listed
+    server.commands.clear()
+    store.listing("many/f07")  # fresh: the walk's next step costs nothing
+    assert server.commands == []
