@@ -69,10 +69,8 @@ PART_RANGE = 1 << 20
 # While the server is unreachable, cached listings are shown and the server
 # is tried again after this many seconds.
 OFFLINE_RETRY_SECONDS = 5.0
-# Folders listed ahead of a walk per command (one round trip each); folders
-# whose size LIST-STATUS did not tell, listed ahead at most this many.
+# Folders listed ahead of a walk per command batch (one round trip each).
 WALK_BATCH = 10
-WALK_MAX_OTHERS = 32
 # A lookup of a folder path the list does not hold fetches the list again, at most this often.
 MISS_RELIST_SECONDS = 2.0
 
@@ -301,14 +299,14 @@ class MailStore:
         return None
 
     def _prefetch_listings(self, folders: list[str]) -> None:
+        """Only folders LIST-STATUS showed small: listing ahead must stay
+        cheap (at most fetch_batch messages each, ten to a round trip);
+        a big folder is listed when the walk reaches it."""
         small = [name for name in folders if (status := self.listed_status(name)) is not None
                  and status.exists <= self.options.fetch_batch]
-        others = [name for name in folders if name not in set(small)]
         batches = [small[start:start + WALK_BATCH] for start in range(0, len(small), WALK_BATCH)]
         try:
             self._in_parallel(self._list_small, batches)
-            # Folders of unknown or larger size: listed as usual, side by side.
-            self._in_parallel(self.listing, others[:WALK_MAX_OTHERS])
         except ImapFSError as exc:
             log.debug("listing folders ahead of a walk stopped: %s", exc)
 

@@ -63,7 +63,9 @@ def test_remount_lists_at_once_with_changes_and_right_bytes(dovecot, imap, mount
 def test_offline_serves_what_is_cached_and_nothing_else(own_dovecot, mount, tmp_path):
     own_dovecot.create_folder("box")
     own_dovecot.create_folder("listed-only")
-    own_dovecot.create_folder("never-listed")
+    # Not beside box and listed-only: listing two folders in a row under one
+    # parent is a walk, and the parent's other small folders are listed ahead.
+    own_dovecot.create_folder("elsewhere/never-listed")
     for i in range(6):
         own_dovecot.append("box", message(f"offline {i}", f"body {i} " * 100))
     own_dovecot.append("listed-only", message("never read"))
@@ -79,7 +81,8 @@ def test_offline_serves_what_is_cached_and_nothing_else(own_dovecot, mount, tmp_
     own_dovecot.stop()
 
     offline = mount("offline", url=own_dovecot.url, ca_file=own_dovecot.ca_file)
-    assert {"box", "never-listed"} <= set(os.listdir(offline.path))
+    assert {"box", "elsewhere"} <= set(os.listdir(offline.path))
+    assert os.listdir(offline.path / "elsewhere") == ["never-listed"]
     listed = eml_files(offline.path / "box")
     assert [p.name for p in listed] == [p.name for p in files]
     for path in listed[:3]:
@@ -95,7 +98,7 @@ def test_offline_serves_what_is_cached_and_nothing_else(own_dovecot, mount, tmp_
     assert time.monotonic() - started < 2
     started = time.monotonic()
     with pytest.raises(OSError) as failure:
-        os.listdir(offline.path / "never-listed")
+        os.listdir(offline.path / "elsewhere" / "never-listed")
     assert failure.value.errno == errno.EIO
     assert time.monotonic() - started < 2
     source = tmp_path / "new.eml"
