@@ -156,6 +156,8 @@ class ListingCache:
 # --- the disk cache --------------------------------------------------------
 
 SCHEMA_VERSION = 1
+# Recency marks of body reads are written to the database this many at a time.
+READS_PER_WRITE = 256
 DATABASE_NAME = "cache.sqlite3"
 LOCK_NAME = "lock"
 # Eviction frees down to this share of disk_cache_mb, so that a reader
@@ -236,6 +238,7 @@ class DiskCache:
         self._db: sqlite3.Connection | None = None
         self._used_bytes = 0
         self._clock = 0  # access counter: a body's `used` is the counter at its last read or write
+        self._reads: dict[tuple[bytes, int, int, int], int] = {}  # row key -> `used` of reads not written yet
         self._flag_tuples: dict[str, tuple[str, ...]] = {}
         with self._lock:
             self._open_locked()
@@ -378,6 +381,7 @@ class DiskCache:
         with self._lock:
             if self._db is not None:
                 try:
+                    self._write_reads(self._db)
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     self._set_meta("clean", "1")
                 except sqlite3.Error as exc:
@@ -512,10 +516,13 @@ class DiskCache:
                 with _transaction(db):
                     db.execute("DELETE FROM bodies WHERE folder=? AND uidvalidity=? AND uid=? AND part=?", row_key)
                 return None
+            # Recency is noted in memory and written in batches: a write
+            # transaction per read would cost a scan over the cache more than
+            # the reads themselves. A crash loses only some recency marks.
             self._clock += 1
-            with _transaction(db):
-                db.execute("UPDATE bodies SET used=? WHERE folder=? AND uidvalidity=? AND uid=? AND part=?",
-                           (self._clock, *row_key))
+            self._reads[row_key] = self._clock
+            if len(self._reads) >= READS_PER_WRITE:
+                self._write_reads(db)
             return data
         return self._guarded("reading a body", work, None)
 
@@ -543,8 +550,19 @@ class DiskCache:
                     self._evict(db)
         self._guarded("storing a body", work, None)
 
+    def _write_reads(self, db: sqlite3.Connection) -> None:
+        """The recency marks of the reads since the last write, in one transaction."""
+        reads, self._reads = self._reads, {}
+        if reads:
+            with _transaction(db):
+                db.executemany("UPDATE bodies SET used=? WHERE folder=? AND uidvalidity=? AND uid=? AND part=?",
+                               [(used, *row_key) for row_key, used in reads.items()])
+
     def _evict(self, db: sqlite3.Connection) -> None:
         """Delete the least recently used bodies until EVICT_TO of max_bytes is left. In a transaction."""
+        reads, self._reads = self._reads, {}
+        db.executemany("UPDATE bodies SET used=? WHERE folder=? AND uidvalidity=? AND uid=? AND part=?",
+                       [(used, *row_key) for row_key, used in reads.items()])  # what was read recently stays
         keep = int(self.max_bytes * EVICT_TO)
         # The newest bodies whose sizes add up to `keep` stay; the first one
         # past it, and everything used before it, goes.

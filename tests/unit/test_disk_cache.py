@@ -282,3 +282,19 @@ def test_folder_names_with_undecodable_bytes_round_trip(directory):
     assert cache.get_body((odd, 7, 1)) == b"odd body"
     cache.put_folders([Folder("INBOX", "/")])
     assert cache.listing(odd) is None and cache.get_body((odd, 7, 1)) is None
+
+
+def test_what_was_read_stays_recent_across_a_remount_though_reads_are_written_in_batches(directory):
+    cache = DiskCache.open(directory, 1 * MiB)
+    piece = 64 * 1024
+    for uid in range(1, 11):
+        cache.put_body(("INBOX", 7, uid), bytes([uid]) * piece)
+    assert cache.get_body(("INBOX", 7, 1)) == bytes([1]) * piece  # noted in memory only, for now
+    db = sqlite3.connect(os.path.join(directory, DATABASE_NAME))
+    oldest = db.execute("SELECT uid FROM bodies ORDER BY used LIMIT 1").fetchone()[0]
+    assert oldest == 1  # not yet written: no write transaction per read
+    cache.close()  # ... but written before the cache closes
+    again = DiskCache.open(directory, 1 * MiB)
+    for uid in range(11, 18):  # one past 1 MiB: the least recently used go, down to 90%
+        again.put_body(("INBOX", 7, uid), bytes([uid]) * piece)
+    assert again.has_body(("INBOX", 7, 1)) and not again.has_body(("INBOX", 7, 2))
