@@ -46,6 +46,7 @@ from imapfs.errors import (
     StaleMessage,
 )
 from imapfs.fusebind import KernelCache
+from imapfs.model import Listing
 from imapfs.store import WHOLE_LIMIT, MailStore
 from imapfs.views.base import Alias, DerivedFile, DirNode, MessageRef, NewFile, Node, Parts, View
 from imapfs.views.root import CompositeRoot
@@ -475,16 +476,15 @@ class ImapFS(fuse.Operations):
                 return cached[3]
         prefix = path.rstrip("/") + "/"
         told = plus and not self.kernel_opens  # only open() reads _told
-        listing = self.store.cached_listing(node.folder.name) \
-            if told and view is self.root.main and node.folder is not None else None
-        if listing is not None:
+        listing = view.entries_from(node) if told else None
+        if isinstance(listing, Listing):
             with self._state_lock:
                 self._told_dirs[path.rstrip("/")] = (listing, self.store.size_epoch)
 
         def attrs(name: str, child: Node) -> dict[str, Any] | None:
             if isinstance(child, MessageRef):
                 meta = child.meta
-                if told and (listing is None or listing.messages.get(meta.uid) is not meta):
+                if told and (not isinstance(listing, Listing) or listing.messages.get(meta.uid) is not meta):
                     with self._state_lock:
                         self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
                 return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))

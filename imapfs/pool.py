@@ -345,12 +345,7 @@ class Session:
             response = self._client.select_folder(self._wire(folder), readonly=readonly)
         self.selected = folder
         self.selected_readonly = readonly
-        self.status = FolderStatus(
-            uidvalidity=int(response.get(b"UIDVALIDITY", 0)),
-            exists=int(response.get(b"EXISTS", 0)),
-            uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
-            highestmodseq=int(response[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in response else None,
-        )
+        self.status = _folder_status(response)
         return self.status
 
     def ensure_selected(self, folder: str, readonly: bool = True) -> FolderStatus:
@@ -603,23 +598,22 @@ class Session:
                  ) -> tuple[FolderStatus | None, dict[int, dict[bytes, Any]]]:
         """EXAMINE folder and UID FETCH items of uids there, both sent at once
         (one round trip); (None, {}) when the folder cannot be examined."""
-        command = b"UID FETCH " + compact_uid_set(uids).encode("ascii") + b" " + \
-            seq_to_parenstr_upper(items).encode("ascii")
-        ((status, replies),) = self._each_examined([folder], lambda _folder: [command], literal_limit)
+        ((status, fetched),) = self.fetch_each_folder([folder], items, compact_uid_set(uids),
+                                                      literal_limit=literal_limit)
         if status is None:
             return None, {}
-        typ, text, untagged = replies[0]
-        if typ != "OK":
-            raise ProtocolError(f"UID FETCH in {folder!r} failed: {text or typ}")
-        return status, _fetched_by_uid(untagged)
+        if fetched is None:
+            raise ProtocolError(f"UID FETCH in {folder!r} was refused")
+        return status, fetched
 
-    def fetch_each_folder(self, folders: list[str], items: list[str], *, literal_limit: int | None = None
+    def fetch_each_folder(self, folders: list[str], items: list[str], uid_set: str = "1:*", *,
+                          literal_limit: int | None = None
                           ) -> list[tuple[FolderStatus | None, dict[int, dict[bytes, Any]] | None]]:
-        """EXAMINE and UID FETCH 1:* items in each folder, all sent at once
-        (one round trip): per folder its status (None: it could not be
-        examined) and every message's items (None: the fetch was refused, as
-        some servers refuse 1:* in an empty folder)."""
-        command = b"UID FETCH 1:* " + seq_to_parenstr_upper(items).encode("ascii")
+        """EXAMINE and UID FETCH items of uid_set (every message by default)
+        in each folder, all sent at once (one round trip): per folder its
+        status (None: it could not be examined) and the items by UID (None:
+        the fetch was refused, as some servers refuse 1:* in an empty folder)."""
+        command = b"UID FETCH " + uid_set.encode("ascii") + b" " + seq_to_parenstr_upper(items).encode("ascii")
         answers = self._each_examined(folders, lambda _folder: [command], literal_limit)
         return [(status, _fetched_by_uid(replies[0][2]) if status is not None and replies[0][0] == "OK" else None)
                 for status, replies in answers]
@@ -701,13 +695,7 @@ class Session:
         return typ, text, untagged
 
     def _status_from(self, untagged: dict) -> FolderStatus:
-        response = self._client._process_select_response(untagged)
-        return FolderStatus(
-            uidvalidity=int(response.get(b"UIDVALIDITY", 0)),
-            exists=int(response.get(b"EXISTS", 0)),
-            uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
-            highestmodseq=int(response[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in response else None,
-        )
+        return _folder_status(self._client._process_select_response(untagged))
 
     # --- writing ---------------------------------------------------------
     def append(self, folder: str, literal: Literal, flags: Iterable[str],
@@ -986,6 +974,16 @@ def _search_words(keys: Iterable[str], charset: str | None, *, literal_plus: boo
         else:
             words.append(("literal", data))
     return words
+
+
+def _folder_status(response: dict[bytes, Any]) -> FolderStatus:
+    """What a SELECT or EXAMINE answered, as imapclient's select response has it."""
+    return FolderStatus(
+        uidvalidity=int(response.get(b"UIDVALIDITY", 0)),
+        exists=int(response.get(b"EXISTS", 0)),
+        uidnext=int(response[b"UIDNEXT"]) if b"UIDNEXT" in response else None,
+        highestmodseq=int(response[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in response else None,
+    )
 
 
 def _statuses(lines: list[Any]) -> dict[str, FolderStatus]:

@@ -135,6 +135,13 @@ class View:
         """When the directory's entries last changed, or None for "mount time"."""
         return None
 
+    def entries_from(self, node: DirNode) -> object | None:
+        """The listing a directory's message entries are all made from, as
+        its object: while the store holds that very object, they stand as
+        they were (fs.py then needs no per-message record of what the kernel
+        was told). None where entries come from elsewhere."""
+        return None
+
     def dir_permissions(self, node: DirNode) -> int:
         """Permission bits the directory may show at most (the mount narrows
         them further, e.g. read-only). The freedesktop trash directory must

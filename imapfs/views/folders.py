@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from cachetools import LRUCache
 
@@ -62,13 +62,8 @@ class FoldersView(View):
         return parent.folder, parts[-1]
 
     def resolve(self, parts: Parts) -> Node:
-        try:
-            return self._resolve(parts)
-        except NotFound:
-            # Not a message's name: perhaps a folder made elsewhere since the list was fetched.
-            if not parts or names.uid_from_filename(parts[-1]) is not None or not self.store.relist_after_miss():
-                raise
-            return self._resolve(parts)
+        return resolve_relisting(self.store, self._resolve, parts,
+                                 message_name=names.uid_from_filename(parts[-1]) is not None if parts else False)
 
     def _resolve(self, parts: Parts) -> Node:
         # The hot path of every lookup, open and stat: one walk, and the
@@ -102,6 +97,9 @@ class FoldersView(View):
 
     def dir_mtime_ns(self, node: DirNode) -> int | None:
         return dir_mtime_ns(self.store, node)
+
+    def entries_from(self, node: DirNode) -> object | None:
+        return self.store.cached_listing(node.folder.name) if node.folder is not None else None
 
     def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
         listing = None
@@ -287,6 +285,19 @@ def walk(root: DirNode, parts: Parts) -> DirNode | None:
             return None
         node = child
     return node
+
+
+def resolve_relisting(store: MailStore, resolve: Callable[[Parts], Node], parts: Parts, *,
+                      message_name: bool) -> Node:
+    """resolve(parts); where that names nothing and is no message's name,
+    perhaps a folder made elsewhere since the folder list was fetched: once
+    more after the store fetched the list again (relist_after_miss)."""
+    try:
+        return resolve(parts)
+    except NotFound:
+        if not parts or message_name or not store.relist_after_miss():
+            raise
+        return resolve(parts)
 
 
 def message_behind(store: MailStore, node: Node) -> MessageRef | None:

@@ -48,6 +48,7 @@ from imapfs.views.folders import (
     folder_name,
     message_behind,
     refuse_tool_name,
+    resolve_relisting,
     walk,
 )
 
@@ -151,14 +152,9 @@ class MaildirView(View):
         return "\\Seen" not in meta.flags and (folder, uidvalidity, meta.uid) not in self._acknowledged
 
     def resolve(self, parts: Parts) -> Node:
-        try:
-            return self._resolve(parts)
-        except NotFound:
-            # Not a message's name (those live in cur/, new/, tmp/): perhaps a
-            # folder made elsewhere since the list was fetched.
-            if not parts or parts[-2:-1] in (("cur",), ("new",), ("tmp",)) or not self.store.relist_after_miss():
-                raise
-            return self._resolve(parts)
+        # Messages' names live in cur/, new/ and tmp/.
+        return resolve_relisting(self.store, self._resolve, parts,
+                                 message_name=parts[-2:-1] in (("cur",), ("new",), ("tmp",)))
 
     def _resolve(self, parts: Parts) -> Node:
         if not parts:
@@ -231,6 +227,11 @@ class MaildirView(View):
 
     def dir_mtime_ns(self, node: DirNode) -> int | None:
         return None if node.role == "tmp" else dir_mtime_ns(self.store, node)
+
+    def entries_from(self, node: DirNode) -> object | None:
+        if node.folder is None or node.role not in ("cur", "new"):
+            return None
+        return self.store.cached_listing(node.folder.name)
 
     # --- files in ----------------------------------------------------------
     def create(self, parts: Parts, creator: int) -> NewFile:

@@ -333,7 +333,8 @@ class FakeSession:
             return None, {}
         return status, self.fetch(uids, items, literal_limit=literal_limit)
 
-    def fetch_each_folder(self, folders: list[str], items: list[str], *, literal_limit: int | None = None
+    def fetch_each_folder(self, folders: list[str], items: list[str], uid_set: str = "1:*", *,
+                          literal_limit: int | None = None
                           ) -> list[tuple[FolderStatus | None, dict[int, dict[bytes, Any]] | None]]:
         """As pool.Session.fetch_each_folder (which pipelines them): EXAMINE and UID FETCH 1:* each."""
         answers: list[tuple[FolderStatus | None, dict[int, dict[bytes, Any]] | None]] = []
@@ -343,7 +344,7 @@ class FakeSession:
             except NotFound:
                 answers.append((None, None))
                 continue
-            answers.append((status, self.fetch("1:*", items, literal_limit=literal_limit)))
+            answers.append((status, self.fetch(uid_set, items, literal_limit=literal_limit)))
         return answers
 
     def search_each(self, folders: list[str], keys: Any, charset: str | None = None,
