@@ -164,7 +164,7 @@ class DirEntries(Sequence):
 
     __slots__ = ("_items", "_attrs")
 
-    def __init__(self, items: list[tuple[str, Node]],
+    def __init__(self, items: Sequence[tuple[str, Node]],
                  attrs: Callable[[str, Node], dict[str, Any] | None]) -> None:
         self._items = items
         self._attrs = attrs
@@ -209,7 +209,7 @@ class ImapFS(fuse.Operations):
         self._handles: dict[int, Handle] = {}
         self._dir_snapshots: dict[int, Sequence[Any] | None] = {}  # open directories' entries
         # (path, plus, the view's entries list, the entries built from it) of the last directory listed.
-        self._entries_cache: tuple[str, bool, list[Any], DirEntries] | None = None
+        self._entries_cache: tuple[str, bool, Sequence[Any], DirEntries] | None = None
         self._handle_ids = itertools.count(1)
         self._state_lock = threading.Lock()  # guards _handles, _dir_snapshots, _entries_cache, _told, _opened_as
         self.initialized = False  # set once the kernel has accepted the mount
@@ -484,7 +484,7 @@ class ImapFS(fuse.Operations):
         def attrs(name: str, child: Node) -> dict[str, Any] | None:
             if isinstance(child, MessageRef):
                 meta = child.meta
-                if told and (not isinstance(listing, Listing) or listing.messages.get(meta.uid) is not meta):
+                if told and (not isinstance(listing, Listing) or listing.messages.get(meta.uid) != meta):
                     with self._state_lock:
                         self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
                 return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
@@ -628,7 +628,7 @@ class ImapFS(fuse.Operations):
             return False
         listing, epoch = told
         return (epoch == self.store.size_epoch and listing is self.store.cached_listing(ref.folder.name)
-                and listing.uidvalidity == ref.uidvalidity and listing.messages.get(ref.meta.uid) is ref.meta)
+                and listing.uidvalidity == ref.uidvalidity and listing.messages.get(ref.meta.uid) == ref.meta)
 
     def _open_derived(self, path: str, node: DerivedFile, fi: Any) -> int:
         """A derived file's bytes are made now (the view fetches what they

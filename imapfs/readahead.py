@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from imapfs.model import Listing
@@ -87,7 +87,7 @@ class ReadAhead:
         if not self.enabled:
             return [uid]
         order, position = listing.order()
-        index = position.get(uid)
+        index = position.position(uid)
         if index is None:
             return [uid]
         with self._lock:
@@ -113,7 +113,7 @@ class ReadAhead:
         if not self.enabled:
             return
         order, position = listing.order()
-        index = position.get(uid)
+        index = position.position(uid)
         if index is None:
             return
         with self._lock:
@@ -124,7 +124,7 @@ class ReadAhead:
             background = self._schedule_ahead(listing, order, state, index, exclude=set())
         self._submit(listing, background)
 
-    def _schedule_ahead(self, listing: Listing, order: list[int], state: ScanState, index: int,
+    def _schedule_ahead(self, listing: Listing, order: Sequence[int], state: ScanState, index: int,
                         exclude: set[int]) -> list[list[Hashable]]:
         """Windows to fetch so that two windows beyond the reader are on their way
         (caller holds _lock). They are claimed here, before any worker starts,
@@ -146,7 +146,7 @@ class ReadAhead:
         for keys in batches:
             self._executor.submit(self._background, listing.folder, listing.uidvalidity, keys)
 
-    def _window(self, listing: Listing, order: list[int], start: int, count: int) -> tuple[list[int], int]:
+    def _window(self, listing: Listing, order: Sequence[int], start: int, count: int) -> tuple[list[int], int]:
         """Up to count small, uncached, not-in-flight UIDs from index start, and
         the last index looked at (caller holds _lock)."""
         uids: list[int] = []

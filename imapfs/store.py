@@ -353,9 +353,9 @@ class MailStore:
             self._disk_lagging.discard(fresh.folder)
             self.disk.save_listing(fresh)
             return
-        removed = [uid for uid in old.messages if uid not in fresh.messages]
-        changed = [meta for uid, meta in fresh.messages.items() if uid not in old.messages]
-        changed += [fresh.messages[uid] for uid in dict.fromkeys(flag_changes) if uid in fresh.messages]
+        removed = old.messages.uids_not_in(fresh.messages)
+        changed = [fresh.messages[uid] for uid in fresh.messages.uids_not_in(old.messages)]
+        changed += [meta for uid in dict.fromkeys(flag_changes) if (meta := fresh.messages.get(uid)) is not None]
         if (removed or changed or old.uidnext != fresh.uidnext or old.highestmodseq != fresh.highestmodseq
                 or old.changed_ns != fresh.changed_ns):
             self.disk.save_listing(fresh, removed, changed)
@@ -395,7 +395,7 @@ class MailStore:
         if old is None:
             self._fetch_metadata(session, listing, session.search_all_uids() if status.exists else [])
         else:
-            listing.messages = dict(old.messages)
+            listing.messages = old.messages.copy()
             flag_changes += self._sync_known(session, listing, old, status.exists)
             if len(listing.messages) != status.exists:
                 log.debug("%r: %d listed but EXISTS is %d; relisting UIDs", folder, len(listing.messages),
@@ -408,7 +408,7 @@ class MailStore:
         # time it had, from the mount on.
         if old is None:
             listing.changed_ns = self.started_ns if not self.listings.seen_before(folder) else time.time_ns()
-        elif listing.flags_moved or listing.messages.keys() != old.messages.keys():
+        elif listing.flags_moved or not listing.messages.same_uids(old.messages):
             listing.changed_ns = max(time.time_ns(), old.changed_ns + 1)
         else:
             listing.changed_ns = old.changed_ns
@@ -424,8 +424,7 @@ class MailStore:
         modseq_moved = not (old.highestmodseq and listing.highestmodseq == old.highestmodseq)
         if old.messages and modseq_moved and session.qresync and old.highestmodseq:
             flags, vanished = session.changes_since(compact_uid_set(old.messages), old.highestmodseq)
-            for uid in vanished:
-                listing.remove(uid)
+            listing.messages.remove_many(vanished)
             changed = self._apply_flags(listing, flags)
         else:
             if len(old.messages) + len(new_uids) != exists:
@@ -442,8 +441,7 @@ class MailStore:
     def _drop_expunged(self, session: Session, listing: Listing) -> list[int]:
         present = session.search_all_uids()
         present_set = set(present)
-        for uid in [u for u in listing.messages if u not in present_set]:
-            listing.remove(uid)
+        listing.messages.remove_many([u for u in listing.messages if u not in present_set])
         return present
 
     def _fetch_metadata(self, session: Session, listing: Listing, uids: list[int]) -> None:
@@ -456,6 +454,7 @@ class MailStore:
                     listing.add(meta)
 
         step = self.options.fetch_batch
+        uids = sorted(uids)  # the table's rows are in UID order: appended, never inserted
         session.fetch_each((uids[start:start + step] for start in range(0, len(uids), step)), METADATA_ITEMS, add,
                            literal_limit=HEADER_LITERAL_LIMIT)
 
@@ -463,9 +462,7 @@ class MailStore:
     def _apply_flags(listing: Listing, flags: dict[int, tuple[str, ...]]) -> list[int]:
         changed = []
         for uid, new_flags in flags.items():
-            meta = listing.messages.get(uid)
-            if meta is not None and tuple(meta.flags) != _flags(new_flags):
-                meta.flags = _flags(new_flags)
+            if listing.messages.set_flags(uid, _flags(new_flags)):
                 listing.flags_moved = True
                 changed.append(uid)
         return changed
@@ -481,9 +478,7 @@ class MailStore:
         if session.has("CONDSTORE") and old.highestmodseq:
             modifiers = [f"CHANGEDSINCE {old.highestmodseq}"]
         for uid, data in session.fetch(compact_uid_set(known), ["UID", "FLAGS"], modifiers).items():
-            meta = listing.messages.get(uid)
-            if meta is not None and b"FLAGS" in data and meta.flags != _flags(data[b"FLAGS"]):
-                meta.flags = _flags(data[b"FLAGS"])
+            if b"FLAGS" in data and listing.messages.set_flags(uid, _flags(data[b"FLAGS"])):
                 listing.flags_moved = True
                 changed.append(uid)
         return changed
@@ -716,11 +711,22 @@ class MailStore:
             self.disk.put_body(key, data)
 
     def _learn_size_kept(self, meta: MessageMeta, real_size: int, folder: str, uidvalidity: int) -> None:
-        """_learn_size, and the disk cache's listing told when the size shown changes or becomes verified."""
+        """_learn_size, and the folder's listing (in memory and on disk) told
+        when the size shown changes or becomes verified. meta is a copy of
+        the listing's row (MessageTable): what another copy learnt first is
+        taken from the row, so it is warned about and counted once."""
+        listing = self.listings.get(folder)
+        table = listing.messages if listing is not None and listing.uidvalidity == uidvalidity else None
+        row = table.get(meta.uid) if table is not None else None
+        if row is not None and row.size_verified and not meta.size_verified:
+            meta.size, meta.size_verified = row.size, True
         before = (meta.size, meta.size_verified)
         self._learn_size(meta, real_size, folder)
-        if self.disk is not None and (meta.size, meta.size_verified) != before:
-            self.disk.note_size(folder, uidvalidity, meta)
+        if (meta.size, meta.size_verified) != before:
+            if table is not None:
+                table.set_size(meta.uid, meta.size, meta.size_verified)
+            if self.disk is not None:
+                self.disk.note_size(folder, uidvalidity, meta)
 
     def body(self, folder: str, uidvalidity: int, meta: MessageMeta) -> bytes:
         key = (folder, uidvalidity, meta.uid)

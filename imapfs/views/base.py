@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from imapfs.errors import ImapFSError, NotSupported
-from imapfs.model import Folder, MessageMeta
+from imapfs.model import Folder, MessageMeta, MessageTable
 from imapfs.spool import Spool
 
 Parts = tuple[str, ...]
@@ -115,6 +115,37 @@ class DerivedFile:
 Node = DirNode | MessageRef | NewFile | Alias | DerivedFile
 
 
+class ListingEntries(Sequence[tuple[str, Node]]):
+    """A folder directory's entries, (name, node), made as each is asked
+    for: the directory's own entries before (sub-directories), the listing's
+    messages in their rows' order, then files being written. A directory of
+    100,000 messages costs no entry objects while it is open or cached; an
+    entry is one (name, MessageRef) made from its row."""
+
+    __slots__ = ("_before", "_folder", "_uidvalidity", "_table", "_after")
+
+    def __init__(self, before: list[tuple[str, Node]], folder: Folder, uidvalidity: int, table: MessageTable,
+                 after: list[tuple[str, Node]]) -> None:
+        self._before, self._folder, self._uidvalidity, self._table, self._after = (
+            before, folder, uidvalidity, table, after)
+
+    def __len__(self) -> int:
+        return len(self._before) + len(self._table) + len(self._after)
+
+    def __getitem__(self, index: int) -> tuple[str, Node]:  # type: ignore[override]
+        if index < 0:
+            index += len(self)
+        if index < 0:
+            raise IndexError(index)
+        if index < len(self._before):
+            return self._before[index]
+        row = index - len(self._before)
+        if row < len(self._table):
+            meta = self._table.at(row)
+            return meta.filename, MessageRef(self._folder, self._uidvalidity, meta)
+        return self._after[row - len(self._table)]
+
+
 class View:
     """One way of showing the account as files. Every method takes path parts
     relative to the view's root; refusals are imapfs errors, never errno."""
@@ -122,8 +153,8 @@ class View:
     def resolve(self, parts: Parts) -> Node:
         raise NotImplementedError
 
-    def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
-        """The directory's children. The same list object while nothing
+    def entries(self, parts: Parts, node: DirNode) -> Sequence[tuple[str, Node]]:
+        """The directory's children. The same sequence object while nothing
         changed, so the FUSE edge can reuse what it built from it."""
         raise NotImplementedError
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
 from cachetools import LRUCache
 
 from imapfs import filing, names, rfc5322
 from imapfs.errors import AlreadyExists, InvalidName, NotEmpty, NotFound, NotMail, NotSupported
-from imapfs.model import Folder
+from imapfs.model import Folder, MessageTable
 from imapfs.spool import Spool
 from imapfs.store import MailStore
-from imapfs.views.base import Alias, DirNode, MessageRef, NewFile, Node, Parts, View
+from imapfs.views.base import Alias, DirNode, ListingEntries, MessageRef, NewFile, Node, Parts, View
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class FoldersView(View):
         self._aliases: LRUCache[tuple[str, str], Alias] = LRUCache(maxsize=MAX_ALIASES)
         self._tree = FolderTree(store)
         # (parts, node, listing, size epoch, new files) of the last directory listed, and its entries.
-        self._entries_cache: tuple[tuple[object, ...], list[tuple[str, Node]]] | None = None
+        self._entries_cache: tuple[tuple[object, ...], Sequence[tuple[str, Node]]] | None = None
 
     # --- the tree --------------------------------------------------------
     def _root(self) -> DirNode:
@@ -101,7 +101,7 @@ class FoldersView(View):
     def entries_from(self, node: DirNode) -> object | None:
         return self.store.cached_listing(node.folder.name) if node.folder is not None else None
 
-    def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
+    def entries(self, parts: Parts, node: DirNode) -> Sequence[tuple[str, Node]]:
         listing = None
         if node.folder is not None and node.folder.selectable:
             listing = self.store.listing(node.folder.name)
@@ -116,11 +116,17 @@ class FoldersView(View):
             if cached is not None and len(cached[0]) == len(key) and all(
                     a is b or a == b for a, b in zip(cached[0], key, strict=True)):
                 return cached[1]
-        items: list[tuple[str, Node]] = list(node.children.items())
+        items: Sequence[tuple[str, Node]] = list(node.children.items())
         if listing is not None and node.folder is not None:
-            items.extend((meta.filename, MessageRef(node.folder, listing.uidvalidity, meta))
-                         for meta in listing.messages.values() if meta.filename not in node.children)
-            items.extend((new.name, new) for new in writing)
+            being_written = [(new.name, new) for new in writing]
+            if any(_message_named(listing.messages, name) for name in node.children):
+                # A sub-folder named as a message of its parent: the folder
+                # wins the name (rare: such entries are made one by one).
+                items = [*items, *((meta.filename, MessageRef(node.folder, listing.uidvalidity, meta))
+                                   for meta in listing.messages.values() if meta.filename not in node.children),
+                         *being_written]
+            else:
+                items = ListingEntries(list(items), node.folder, listing.uidvalidity, listing.messages, being_written)
         with self._lock:
             self._entries_cache = (key, items)
         return items
@@ -388,3 +394,9 @@ def build_tree(folders: list[Folder]) -> DirNode:
             node = node.children.setdefault(part, DirNode(folder=None))
         node.folder = folder
     return root
+
+
+def _message_named(table: MessageTable, name: str) -> bool:
+    uid = names.uid_from_filename(name)
+    row = table.position(uid) if uid is not None else None
+    return row is not None and table.filename_at(row) == name

@@ -57,7 +57,7 @@ def test_incremental_save_writes_only_changes(directory):
     cache.save_listing(listing(uids=range(1, 6)))
     cache.put_body(("INBOX", 7, 2), b"body two")
     fresh = listing(uids=[1, 3, 4, 5, 6])
-    fresh.messages[3].flags = ("\\Flagged",)
+    fresh.messages.set_flags(3, ("\\Flagged",))
     cache.save_listing(fresh, removed=[2], changed=[fresh.messages[6], fresh.messages[3]])
     back = cache.listing("INBOX")
     assert list(back.messages) == [1, 3, 4, 5, 6]

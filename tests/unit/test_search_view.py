@@ -77,7 +77,7 @@ def test_results_nest_like_folders_and_hold_the_listings_messages(server, store,
     assert list(shown) == [listing.messages[deep].filename]
     name = store.listing("INBOX").messages[inbox].filename
     ref = view.resolve(("invoice", "INBOX", name))
-    assert isinstance(ref, MessageRef) and ref.meta is store.listing("INBOX").messages[inbox]
+    assert isinstance(ref, MessageRef) and ref.meta == store.listing("INBOX").messages[inbox]
     # Only the metadata: a search never fetches a body.
     assert not [c for c in server.commands if c[0] == "UID FETCH" and any("BODY.PEEK[]" in i for i in c[2])]
 
@@ -236,7 +236,7 @@ def test_a_fresh_listing_is_used_instead_of_fetching_again(server, store, view):
     listing = store.listing("Archive")
     before = len([c for c in server.commands if c[0] == "UID FETCH"])
     (ref,) = files(view, "needle", "Archive").values()
-    assert ref.meta is listing.messages[uid]
+    assert ref.meta == listing.messages[uid]
     assert len([c for c in server.commands if c[0] == "UID FETCH"]) == before
 
 

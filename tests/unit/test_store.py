@@ -123,6 +123,23 @@ def test_wrong_rfc822_size_is_corrected_on_read(server, store):
     assert meta.size == len(raw) and meta.size_verified
 
 
+def test_a_size_learnt_through_one_copy_is_the_listings_and_corrected_once(server, store):
+    # A listing's MessageMeta is a copy of its row: the real size must reach
+    # the row (stat after cat), and a second copy must not correct it again.
+    raw = msg("liar", b"B" * 300)
+    server.add("INBOX", raw, reported_size=100)
+    corrected: list[str] = []
+    store.on_size_corrected = lambda folder, name, grew: corrected.append(name)
+    listing = store.listing("INBOX")
+    first, second = listing.messages[1], listing.messages[1]
+    assert store.read("INBOX", listing.uidvalidity, first, 0, 1 << 16) == raw
+    row = store.listing("INBOX").messages[1]
+    assert (row.size, row.size_verified) == (len(raw), True)
+    assert store.read("INBOX", listing.uidvalidity, second, 0, 1 << 16) == raw
+    assert (second.size, second.size_verified) == (len(raw), True)
+    assert corrected == [first.filename]
+
+
 def test_large_message_read_to_a_too_small_reported_end_learns_its_real_end(server, store):
     # The kernel's page cache never reads past the size it was told: reading
     # up to the reported end must be enough to find the real one.
