@@ -418,6 +418,13 @@ class DiskCache:
         self._guarded("storing the folder list", work, None)
 
     # --- listings ----------------------------------------------------------
+    def listed_folders(self, limit: int) -> list[str]:
+        """Folders with a listing stored, at most limit, those whose entries changed last first."""
+        def work(db: sqlite3.Connection) -> list[str]:
+            return [_name(row[0]) for row in db.execute(
+                "SELECT folder FROM listings ORDER BY changed_ns DESC LIMIT ?", (limit,))]
+        return self._guarded("reading which folders are stored", work, [])
+
     def listing(self, folder: str) -> Listing | None:
         """The folder's listing as last synchronised (stale: to be resynchronised before it is trusted)."""
         def work(db: sqlite3.Connection) -> Listing | None:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from cachetools import LRUCache, TTLCache
@@ -73,6 +74,13 @@ OFFLINE_RETRY_SECONDS = 5.0
 WALK_BATCH = 10
 # A lookup of a folder path the list does not hold fetches the list again, at most this often.
 MISS_RELIST_SECONDS = 2.0
+# At mount, the previous mount's listings of at most this many folders (those
+# that changed last first) are resynchronised in the background.
+REMOUNT_RESYNC_FOLDERS = 64
+# What is only shown waits this long for such a resync (once per folder)
+# before it is shown the previous mount's listing instead: a server that
+# answers shows what is true now; a stalled one, what was true when last seen.
+PROVISIONAL_WAIT_SECONDS = 2.0
 
 
 class MailStore:
@@ -133,6 +141,10 @@ class MailStore:
         self._lookups: TTLCache[tuple[str, int], tuple[int, float, int, MessageMeta | None]] = \
             TTLCache(maxsize=4096, ttl=max(options.listing_ttl, 0.001), timer=clock)
         self._lookups_lock = threading.Lock()  # guards _lookups
+        # folder -> (a previous mount's listing, the folder's generation then, set when done)
+        # while its first resync of this mount is in flight (see shown_listing).
+        self._provisional: dict[str, _Provisional] = {}
+        self._provisional_lock = threading.Lock()  # guards _provisional
         self._structures_lock = threading.Lock()  # guards _structures
         self._structures: LRUCache[tuple[str, int, int], tuple[mime.StructPart, dict[str, bytes]]] = \
             LRUCache(maxsize=4096)
@@ -199,8 +211,30 @@ class MailStore:
                 self.folders()
             except ImapFSError as exc:
                 log.debug("listing folders at mount failed: %s", exc)
+                return
+            self._resync_remounted()
 
         threading.Thread(target=list_now, name="imapfs-folders", daemon=True).start()
+
+    def _resync_remounted(self) -> None:
+        """A previous mount's listings (the disk cache's), resynchronised in
+        the background right after mounting, at the cost of what changed
+        (one EXAMINE for a folder that did not): the first ls of such a
+        folder then finds it fresh, and one asked for meanwhile is shown
+        as it was (shown_listing) instead of waiting for its resync."""
+        if self.disk is None:
+            return
+        known = {folder.name for folder in self.cached_folders() or [] if folder.selectable}
+        wanted = [name for name in self.disk.listed_folders(REMOUNT_RESYNC_FOLDERS)
+                  if name in known and self.listings.get(name) is None]
+
+        def resync(folder: str) -> None:
+            try:
+                self.listing(folder, background=True)
+            except ImapFSError as exc:
+                log.debug("resynchronising %r at mount failed: %s", folder, exc)
+
+        self._in_parallel(resync, wanted)
 
     def relist_after_miss(self) -> bool:
         """A path that names no folder was looked up: fetch the folder list
@@ -229,13 +263,34 @@ class MailStore:
         with self._sync_locks_guard:
             return self._sync_locks.setdefault(folder, threading.Lock())
 
-    def listing(self, folder: str) -> Listing:
-        """The folder's messages, revalidated when older than listing_ttl."""
-        self._used(folder)
+    def shown_listing(self, folder: str) -> Listing:
+        """listing(), for what is only shown (a directory's entries, a name
+        looked up): while the first resync of a previous mount's listing is
+        in flight and the server takes longer than PROVISIONAL_WAIT_SECONDS
+        to answer it, that listing as it was, not a wait for the server.
+        What it shows is then as current as a change another client made a
+        moment ago; the resync makes the kernel forget what went away."""
+        if not self._fresh(self.listings.get(folder)):
+            with self._provisional_lock:
+                held = self._provisional.get(folder)
+            if held is not None and not held.resynced.wait(0 if held.waited else PROVISIONAL_WAIT_SECONDS):
+                held.waited = True
+                if held.generation == self.listings.generation(folder):
+                    self._used(folder)
+                    return held.listing
+        return self.listing(folder)
+
+    def listing(self, folder: str, *, background: bool = False) -> Listing:
+        """The folder's messages, revalidated when older than listing_ttl.
+        background: not asked for by a user, so neither the folder the
+        watcher follows nor the start of a walk."""
+        if not background:
+            self._used(folder)
         listing = self.listings.get(folder)
         if self._fresh(listing):
             return listing
-        self._note_walk(folder)
+        if not background:
+            self._note_walk(folder)
         with self._sync_lock(folder):
             listing = self.listings.get(folder)
             if self._fresh(listing):
@@ -249,6 +304,10 @@ class MailStore:
                 listing = self.disk.listing(folder)
                 from_disk = listing is not None
             flag_changes: list[int] = []
+            resynced = threading.Event()
+            if listing is not None and from_disk:
+                with self._provisional_lock:
+                    self._provisional[folder] = _Provisional(listing, generation, resynced)
             try:
                 fresh = self.pool.run(lambda s: self._sync(s, folder, listing, flag_changes))
             except ServerUnavailable as exc:
@@ -262,6 +321,17 @@ class MailStore:
                 if from_disk:
                     self.listings.put(listing, generation)
                 return listing
+            finally:
+                if from_disk:
+                    with self._provisional_lock:
+                        self._provisional.pop(folder, None)
+                    resynced.set()
+            if from_disk and listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
+                # It may have been shown (shown_listing): what went away, or
+                # changed its name (a Maildir's flags), is forgotten.
+                shown = listing.messages
+                moved = listing.messages.uids_not_in(fresh.messages) + flag_changes
+                self._names_changed(folder, sorted({shown[uid].filename for uid in moved if uid in shown}))
             if fresh is listing:
                 # Unchanged on the server (one EXAMINE said so): the same object, so
                 # the directory entries built from it are served again as they are.
@@ -498,7 +568,9 @@ class MailStore:
         if uid is None:
             raise NotFound(filename)
         found: tuple[int, MessageMeta | None] | None = None
-        if self.listings.get(folder) is None:
+        with self._provisional_lock:
+            provisional = folder in self._provisional
+        if self.listings.get(folder) is None and not provisional:
             try:
                 found = self._one_message(folder, uid)
             except ServerUnavailable:
@@ -506,7 +578,7 @@ class MailStore:
                     raise
                 # Offline: the listing on disk, if there is one, is what can be shown.
         if found is None:
-            listing = self.listing(folder)
+            listing = self.shown_listing(folder)
             found = listing.uidvalidity, listing.messages.get(uid)
         uidvalidity, meta = found
         if meta is None or meta.filename != filename:
@@ -539,6 +611,12 @@ class MailStore:
     def cached_listing(self, folder: str) -> Listing | None:
         """The listing as last synchronised, without asking the server."""
         return self.listings.get(folder)
+
+    def provisional_listing(self, folder: str) -> Listing | None:
+        """The previous mount's listing while its first resync is in flight (see shown_listing)."""
+        with self._provisional_lock:
+            held = self._provisional.get(folder)
+        return held.listing if held is not None else None
 
     def fresh_listing(self, folder: str) -> Listing | None:
         """The listing if it is fresh (within listing_ttl, not marked stale), without asking the server."""
@@ -1385,6 +1463,16 @@ def _unchanged(listing: Listing, status: FolderStatus) -> bool:
     return (listing.highestmodseq is not None and status.highestmodseq == listing.highestmodseq
             and status.uidvalidity == listing.uidvalidity and status.uidnext == listing.uidnext
             and status.exists == len(listing.messages))
+
+
+@dataclass
+class _Provisional:
+    """A previous mount's listing while its first resync is in flight."""
+
+    listing: Listing
+    generation: int  # the folder's, when it was read: a write since means it is not shown
+    resynced: threading.Event  # set when the resync ended, either way
+    waited: bool = False  # something waited PROVISIONAL_WAIT_SECONDS for it already
 
 
 def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:

@@ -99,12 +99,14 @@ class FoldersView(View):
         return dir_mtime_ns(self.store, node)
 
     def entries_from(self, node: DirNode) -> object | None:
-        return self.store.cached_listing(node.folder.name) if node.folder is not None else None
+        if node.folder is None:
+            return None
+        return self.store.cached_listing(node.folder.name) or self.store.provisional_listing(node.folder.name)
 
     def entries(self, parts: Parts, node: DirNode) -> Sequence[tuple[str, Node]]:
         listing = None
         if node.folder is not None and node.folder.selectable:
-            listing = self.store.listing(node.folder.name)
+            listing = self.store.shown_listing(node.folder.name)
         # A big folder listed again unchanged gets the same entries back:
         # the same node and listing objects mean nothing changed (both are
         # replaced, never mutated, when the server's state moves on).

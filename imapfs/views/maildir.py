@@ -190,7 +190,7 @@ class MaildirView(View):
             uidvalidity, uid = delivered
         else:
             raise NotFound("/".join(parts))
-        listing = self.store.listing(folder)
+        listing = self.store.shown_listing(folder)
         meta = listing.messages.get(uid)
         if (meta is None or uidvalidity != listing.uidvalidity
                 or name not in (message_name(uidvalidity, meta), self._name(folder, uidvalidity, meta))
@@ -208,7 +208,7 @@ class MaildirView(View):
         if node.role == "tmp":
             with self._lock:
                 return [(name, new) for (owner, name), new in self._tmp.items() if owner == folder]
-        listing = self.store.listing(folder)
+        listing = self.store.shown_listing(folder)
         with self._lock:
             writing = tuple(new for (owner, role, _), new in self._writing.items()
                             if owner == folder and role == node.role)
@@ -231,7 +231,7 @@ class MaildirView(View):
     def entries_from(self, node: DirNode) -> object | None:
         if node.folder is None or node.role not in ("cur", "new"):
             return None
-        return self.store.cached_listing(node.folder.name)
+        return self.store.cached_listing(node.folder.name) or self.store.provisional_listing(node.folder.name)
 
     # --- files in ----------------------------------------------------------
     def create(self, parts: Parts, creator: int) -> NewFile:

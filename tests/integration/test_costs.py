@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from imapfs import names
-from tests.integration.helpers import message, sh
+from tests.integration.helpers import message, sh, wait_for
 from tests.support.proxy import ImapProxy
 
 
@@ -108,3 +108,74 @@ def test_find_over_many_folders_lists_them_ahead_and_shows_every_message(dovecot
     assert len(whole) >= 20, sent  # most folders listed ahead, whole, in batches
     examined = [line for line in sent if line.upper().startswith("EXAMINE")]
     assert len(examined) <= 2 * len(children), examined  # nobody listed twice over
+
+
+class HeldExamine(CommandLog):
+    """A CommandLog that holds the first EXAMINE of one folder until released:
+    a server slow to answer the resync a remount starts."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.folder: str | None = None
+        self.held = threading.Event()  # set once an EXAMINE is being held
+        self.release = threading.Event()
+
+    def from_client(self, conn, line):
+        line = super().from_client(conn, line)
+        text = line.decode("utf-8", "replace").upper()
+        if self.folder and not self.held.is_set() and f"EXAMINE {self.folder.upper()}" in text.replace('"', ""):
+            self.held.set()
+            self.release.wait(60)
+        return line
+
+
+@pytest.fixture
+def held_examine(dovecot):
+    proxy = HeldExamine(dovecot.imaps_port, dovecot.tls_dir, dovecot.ca_file)
+    yield proxy
+    proxy.release.set()
+    proxy.close()
+
+
+def test_remount_shows_the_cached_listing_at_once_and_resyncs_only_changes_in_the_background(
+        dovecot, imap, fresh_folder, mount, held_examine, tmp_path):
+    for number in range(40):
+        dovecot.append(fresh_folder, message(f"kept {number}", "body " * number))
+    first = mount(url=held_examine.url(dovecot.user))
+    before = sorted(path.name for path in (first.path / fresh_folder).iterdir())
+    assert len(before) == 40
+    assert first.unmount() == 0
+
+    # While unmounted: one expunged, one flagged, one new.
+    imap.select_folder(fresh_folder)
+    uids = sorted(imap.search("ALL"))
+    imap.delete_messages([uids[5]])
+    imap.expunge()
+    imap.add_flags([uids[6]], [b"\\Flagged"])
+    dovecot.append(fresh_folder, message("new while unmounted"))
+    imap.select_folder(fresh_folder, readonly=True)
+    truth = sorted(imap.search("ALL"))
+
+    held_examine.folder = fresh_folder
+    held_examine.take()
+    second = mount(url=held_examine.url(dovecot.user))
+    folder = second.path / fresh_folder
+    # Nothing asked for: the mount resyncs the folder it has on disk by itself.
+    assert held_examine.held.wait(20), "no resync of the cached folder was started at mount"
+    # While that resync waits on the server, ls shows the previous mount's listing.
+    shown = sh("ls", folder, timeout=20).stdout.decode().split()
+    assert shown == before
+    held_examine.release.set()
+
+    def listed_uids() -> list[int]:
+        return sorted(names.uid_from_filename(name) or 0 for name in os.listdir(folder))
+
+    assert wait_for(lambda: listed_uids() == truth, timeout=20), listed_uids()
+    gone = next(name for name in before if names.uid_from_filename(name) == uids[5])
+    assert sh("cat", folder / gone, check=False).returncode != 0  # the kernel forgot it
+    flagged = next(name for name in os.listdir(folder) if names.uid_from_filename(name) == uids[6])
+    assert "\\Flagged" in sh("getfattr", "-n", "user.imap.flags", "--only-values", folder / flagged).stdout.decode()
+    sent = held_examine.take()
+    metadata = [line for line in sent if line.upper().startswith("UID FETCH") and "RFC822.SIZE" in line.upper()]
+    # Only the new message's metadata crossed the wire, not the folder's.
+    assert metadata and all(re.match(rf"UID FETCH {truth[-1]} ", line, re.IGNORECASE) for line in metadata), sent

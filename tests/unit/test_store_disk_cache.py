@@ -198,3 +198,80 @@ def test_a_sync_dropped_for_a_concurrent_write_still_reaches_the_disk(directory)
     store._sync = real_sync
     assert store.listing("INBOX").messages[2].flags == ("\\Answered",)
     assert store.disk.listing("INBOX").messages[2].flags == ("\\Answered",)
+
+
+def test_a_remount_resyncs_stored_folders_in_the_background_and_shows_them_while_the_server_stalls(
+        directory, monkeypatch):
+    import threading
+
+    from imapfs import store as store_module
+
+    server = FakeServer(WITH_QRESYNC)
+    before = first_mount(server, directory, count=20)
+    new = server.add("INBOX", b"Subject: while unmounted\r\n\r\nnew\r\n")
+    store = mount(server, directory, connections=3)
+    store.folders()
+    server.commands.clear()
+    used: list[str] = []
+    store.on_folder_used = used.append
+    monkeypatch.setattr(store_module, "PROVISIONAL_WAIT_SECONDS", 0.05)
+    entered, release = threading.Event(), threading.Event()
+    run = store.pool.run
+
+    def stalled(work):
+        entered.set()
+        assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled  # type: ignore[method-assign]
+    resync = threading.Thread(target=store._resync_remounted)
+    resync.start()
+    assert entered.wait(10)
+    assert used == []  # a background resync is no folder a user opened: the watcher stays where it was
+    shown = store.shown_listing("INBOX")
+    assert shown.messages == before.messages  # the previous mount's, while the server does not answer
+    name = before.messages.filename_at(3)
+    assert store.message("INBOX", name)[1] == before.messages.at(3)
+    release.set()
+    resync.join(10)
+    assert not resync.is_alive()
+    assert [c[1] for c in metadata_fetches(server)] == [[new]]  # only what changed crossed the wire
+    store.pool.run = run  # type: ignore[method-assign]
+    server.commands.clear()
+    fresh = store.shown_listing("INBOX")
+    assert len(fresh.messages) == 21 and server.commands == []  # resynced already: nothing asked again
+
+
+def test_a_write_while_a_remount_resync_is_stalled_is_not_hidden_by_the_old_listing(directory, monkeypatch):
+    import threading
+
+    from imapfs import store as store_module
+
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=5)
+    store = mount(server, directory, connections=3)
+    store.folders()
+    monkeypatch.setattr(store_module, "PROVISIONAL_WAIT_SECONDS", 0.05)
+    entered, release = threading.Event(), threading.Event()
+    run = store.pool.run
+
+    def stalled_once(work):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled_once  # type: ignore[method-assign]
+    resync = threading.Thread(target=store._resync_remounted)
+    resync.start()
+    assert entered.wait(10)
+    store.invalidate("INBOX")  # what a write into the folder does: a new generation
+    assert store.provisional_listing("INBOX") is not None
+    waiter = threading.Thread(target=store.shown_listing, args=("INBOX",))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # not shown the old listing: it waits for the resync
+    release.set()
+    waiter.join(10)
+    resync.join(10)
+    assert not waiter.is_alive() and not resync.is_alive()
