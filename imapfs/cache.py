@@ -443,9 +443,7 @@ class DiskCache:
                     shared = tuple(sys.intern(f) for f in flags.split())
                     if len(flag_tuples) < 4096:
                         flag_tuples[flags] = shared
-                listing.messages.add(MessageMeta(uid=uid, size=size, internaldate=internaldate, flags=shared,
-                                                 filename=filename, message_id=message_id,
-                                                 size_verified=bool(verified)))
+                listing.messages.add_row(uid, size, internaldate, shared, filename, message_id, bool(verified))
             return listing
         return self._guarded(f"reading the listing of {folder!r}", work, None)
 

@@ -46,9 +46,9 @@ from imapfs.errors import (
     StaleMessage,
 )
 from imapfs.fusebind import KernelCache
-from imapfs.model import Listing
+from imapfs.model import Folder, Listing, MessageTable
 from imapfs.store import WHOLE_LIMIT, MailStore
-from imapfs.views.base import Alias, DerivedFile, DirNode, MessageRef, NewFile, Node, Parts, View
+from imapfs.views.base import Alias, DerivedFile, DirNode, ListingEntries, MessageRef, NewFile, Node, Parts, View
 from imapfs.views.root import CompositeRoot
 
 log = logging.getLogger(__name__)
@@ -160,14 +160,20 @@ class DirEntries(Sequence):
     "..", then (name, stat dict, 0), or the bare name of a file whose
     attributes the kernel must ask for. Each stat dict is made when its
     entry is taken, from the view's (name, node) list, which is all that is
-    kept."""
+    kept. row_stat, where given, makes the stat dict of a message entry of
+    ListingEntries straight from its row (no MessageMeta, no MessageRef):
+    the common case of `ls -l`, 10,000 of them at a time."""
 
-    __slots__ = ("_items", "_attrs")
+    __slots__ = ("_items", "_attrs", "_row_stat", "_table", "_rows")
 
     def __init__(self, items: Sequence[tuple[str, Node]],
-                 attrs: Callable[[str, Node], dict[str, Any] | None]) -> None:
+                 attrs: Callable[[str, Node], dict[str, Any] | None],
+                 row_stat: Callable[[MessageTable, int], dict[str, Any]] | None = None) -> None:
         self._items = items
         self._attrs = attrs
+        self._row_stat = row_stat
+        self._table = items.table if isinstance(items, ListingEntries) else None
+        self._rows = items.rows if isinstance(items, ListingEntries) else range(0)
 
     def __len__(self) -> int:
         return len(self._items) + 2
@@ -179,6 +185,9 @@ class DirEntries(Sequence):
             if index < 0:
                 raise IndexError(index)
             return ".." if index else "."
+        if self._table is not None and self._row_stat is not None and index - 2 in self._rows:
+            row = index - 2 - self._rows.start
+            return self._table.filename_at(row), self._row_stat(self._table, row), 0
         name, child = self._items[index - 2]
         attrs = self._attrs(name, child)
         return name if attrs is None else (name, attrs, 0)
@@ -242,6 +251,7 @@ class ImapFS(fuse.Operations):
             self._forgetter = threading.Thread(target=self._forget_loop, name="imapfs-invalidate", daemon=True)
             self._forgetter.start()
         self.store.on_names_changed = self.names_changed
+        self.store.on_folders_replaced = self.folders_replaced
         self.store.on_size_corrected = self.size_corrected
         if self._on_init:
             self._on_init()
@@ -333,16 +343,26 @@ class ImapFS(fuse.Operations):
 
     def folders_changed(self) -> None:
         """Folders were created, deleted or renamed elsewhere."""
-        old_names = {f.name: f for f in self.store.cached_folders() or []}
+        old = self.store.cached_folders() or []
         self.store.folders_changed_elsewhere()
         try:
-            new_names = {f.name for f in self.store.folders()}
+            new = self.store.folders()
         except ImapFSError:
             return
+        self._forget_folders(old, new)
+
+    def folders_replaced(self, shown: list[Folder], listed: list[Folder]) -> None:
+        """The previous mount's folder list, shown while this mount's first
+        LIST was in flight, differs from what the server listed. Called
+        from a thread that serves no FUSE request."""
+        self._forget_folders(shown, listed)
+
+    def _forget_folders(self, old: list[Folder], new: list[Folder]) -> None:
+        new_names = {folder.name for folder in new}
         paths = ["/"]
-        for name, folder in old_names.items():
-            if name not in new_names:
-                self.store.invalidate(name)
+        for folder in old:
+            if folder.name not in new_names:
+                self.store.invalidate(folder.name)
                 for parts in self.root.folder_paths(folder):
                     paths.append("/" + "/".join(parts))
                     if len(parts) > 1:
@@ -480,11 +500,15 @@ class ImapFS(fuse.Operations):
         if isinstance(listing, Listing):
             with self._state_lock:
                 self._told_dirs[path.rstrip("/")] = (listing, self.store.size_epoch)
+        # Entries made from that very listing's rows need no check each.
+        all_rows_of_listing = (isinstance(listing, Listing) and isinstance(items, ListingEntries)
+                               and items.table is listing.messages)
 
         def attrs(name: str, child: Node) -> dict[str, Any] | None:
             if isinstance(child, MessageRef):
                 meta = child.meta
-                if told and (not isinstance(listing, Listing) or listing.messages.get(meta.uid) != meta):
+                if told and not all_rows_of_listing and (
+                        not isinstance(listing, Listing) or listing.messages.get(meta.uid) != meta):
                     with self._state_lock:
                         self._told[prefix + name] = (child.uidvalidity, meta.uid, meta.size)
                 return self._stat(0o444, meta.size, int(meta.internaldate * 1e9))
@@ -497,7 +521,12 @@ class ImapFS(fuse.Operations):
                 return self._stat(0o444, child.size, child.mtime_ns)
             return None  # being written: its attributes change; the kernel asks
 
-        entries = DirEntries(items, attrs)
+        def row_stat(table: MessageTable, row: int) -> dict[str, Any]:
+            return self._stat(0o444, table.size_at(row), int(table.date_at(row) * 1e9))
+
+        # Rows need no record of what the kernel was told when none is kept,
+        # or when the directory's own record covers them.
+        entries = DirEntries(items, attrs, row_stat if not told or all_rows_of_listing else None)
         with self._state_lock:
             self._entries_cache = (path, plus, items, entries)
         return entries

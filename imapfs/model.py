@@ -170,6 +170,12 @@ class MessageTable(Mapping[int, MessageMeta]):
                            flags=self._flag_sets[self._flag_ids[row]], filename=self.filename_at(row),
                            message_id=_text(self._ids, self._id_ends, row), size_verified=bool(self._verified[row]))
 
+    def size_at(self, row: int) -> int:
+        return self._sizes[row]
+
+    def date_at(self, row: int) -> float:
+        return self._dates[row]
+
     def filename_at(self, row: int) -> str:
         return _text(self._names, self._name_ends, row)
 
@@ -200,24 +206,29 @@ class MessageTable(Mapping[int, MessageMeta]):
     # --- changing ----------------------------------------------------------
     def add(self, meta: MessageMeta) -> None:
         """A new row, or the row of meta.uid replaced."""
-        row = self.position(meta.uid)
-        if row is not None:
-            self.remove_many([meta.uid])
-        if self.uids and meta.uid < self.uids[-1]:
-            # Out of UID order (never in a listing as built): rebuilt in order, once.
-            rows = [*self.values(), meta]
+        self.add_row(meta.uid, meta.size, meta.internaldate, meta.flags, meta.filename, meta.message_id,
+                     meta.size_verified)
+
+    def add_row(self, uid: int, size: int, internaldate: float, flags: tuple[str, ...], filename: str,
+                message_id: str, size_verified: bool) -> None:
+        """add(), from the fields (a listing read from disk makes no MessageMeta per row)."""
+        if self.uids and uid <= self.uids[-1]:
+            # Out of UID order, or again (never in a listing as built): rebuilt in order, once.
+            rows = [meta for meta in self.values() if meta.uid != uid]
+            rows.append(MessageMeta(uid=uid, size=size, internaldate=internaldate, flags=flags, filename=filename,
+                                    message_id=message_id, size_verified=size_verified))
             fresh = MessageTable(rows)
             for name in self.__slots__:
                 setattr(self, name, getattr(fresh, name))
             return
-        self.uids.append(meta.uid)
-        self._sizes.append(meta.size)
-        self._dates.append(meta.internaldate)
-        self._flag_ids.append(self._flag_id(meta.flags))
-        self._verified.append(1 if meta.size_verified else 0)
-        self._names += meta.filename.encode("utf-8", "surrogatepass")
+        self.uids.append(uid)
+        self._sizes.append(size)
+        self._dates.append(internaldate)
+        self._flag_ids.append(self._flag_id(flags))
+        self._verified.append(1 if size_verified else 0)
+        self._names += filename.encode("utf-8", "surrogatepass")
         self._name_ends.append(len(self._names))
-        self._ids += meta.message_id.encode("utf-8", "surrogatepass")
+        self._ids += message_id.encode("utf-8", "surrogatepass")
         self._id_ends.append(len(self._ids))
 
     def __setitem__(self, uid: int, meta: MessageMeta) -> None:

@@ -77,10 +77,6 @@ MISS_RELIST_SECONDS = 2.0
 # At mount, the previous mount's listings of at most this many folders (those
 # that changed last first) are resynchronised in the background.
 REMOUNT_RESYNC_FOLDERS = 64
-# What is only shown waits this long for such a resync (once per folder)
-# before it is shown the previous mount's listing instead: a server that
-# answers shows what is true now; a stalled one, what was true when last seen.
-PROVISIONAL_WAIT_SECONDS = 2.0
 
 
 class MailStore:
@@ -141,10 +137,14 @@ class MailStore:
         self._lookups: TTLCache[tuple[str, int], tuple[int, float, int, MessageMeta | None]] = \
             TTLCache(maxsize=4096, ttl=max(options.listing_ttl, 0.001), timer=clock)
         self._lookups_lock = threading.Lock()  # guards _lookups
-        # folder -> (a previous mount's listing, the folder's generation then, set when done)
-        # while its first resync of this mount is in flight (see shown_listing).
+        # folder -> a previous mount's listing while its first resync of this
+        # mount is in flight (see shown_listing).
         self._provisional: dict[str, _Provisional] = {}
-        self._provisional_lock = threading.Lock()  # guards _provisional
+        # The previous mount's folder list while this mount's first LIST is in flight.
+        self._provisional_folders: list[Folder] | None = None
+        self._provisional_lock = threading.Lock()  # guards _provisional, _provisional_folders
+        # Called with (list shown, list the server gave) when a previous mount's folder list proved wrong.
+        self.on_folders_replaced: Callable[[list[Folder], list[Folder]], None] | None = None
         self._structures_lock = threading.Lock()  # guards _structures
         self._structures: LRUCache[tuple[str, int, int], tuple[mime.StructPart, dict[str, bytes]]] = \
             LRUCache(maxsize=4096)
@@ -164,6 +164,13 @@ class MailStore:
         cached = self.listings.folders()
         if cached and self._clock() - cached[0] < self.options.folders_ttl:
             return cached[1]
+        with self._provisional_lock:
+            shown = self._provisional_folders
+        if shown is not None:
+            return shown  # the mount's first LIST is in flight: the previous mount's list, at once
+        return self._list_folders()
+
+    def _list_folders(self) -> list[Folder]:
         with self._folders_lock:
             cached = self.listings.folders()
             if cached and self._clock() - cached[0] < self.options.folders_ttl:
@@ -205,13 +212,24 @@ class MailStore:
     def prefetch_folders(self) -> None:
         """folders() in a thread of its own, right after mounting: the first
         lookup (an ls, a search) then finds the folder list already known
-        instead of waiting a round trip for LIST."""
+        instead of waiting a round trip for LIST. Meanwhile a previous
+        mount's list (the disk cache's) is shown at once; when the server's
+        differs, on_folders_replaced tells the FUSE edge."""
+        shown = self.disk.folders() if self.disk is not None else None
+        with self._provisional_lock:
+            self._provisional_folders = shown
+
         def list_now() -> None:
             try:
-                self.folders()
+                folders = self._list_folders()
             except ImapFSError as exc:
                 log.debug("listing folders at mount failed: %s", exc)
                 return
+            finally:
+                with self._provisional_lock:
+                    self._provisional_folders = None
+            if shown is not None and shown != folders and self.on_folders_replaced is not None:
+                self.on_folders_replaced(shown, folders)
             self._resync_remounted()
 
         threading.Thread(target=list_now, name="imapfs-folders", daemon=True).start()
@@ -265,25 +283,55 @@ class MailStore:
 
     def shown_listing(self, folder: str) -> Listing:
         """listing(), for what is only shown (a directory's entries, a name
-        looked up): while the first resync of a previous mount's listing is
-        in flight and the server takes longer than PROVISIONAL_WAIT_SECONDS
-        to answer it, that listing as it was, not a wait for the server.
+        looked up): a folder not listed yet this mount whose previous
+        listing is on disk is shown that listing at once, and resynchronised
+        in the background (as right after mounting, see _resync_remounted).
         What it shows is then as current as a change another client made a
-        moment ago; the resync makes the kernel forget what went away."""
-        if not self._fresh(self.listings.get(folder)):
-            with self._provisional_lock:
-                held = self._provisional.get(folder)
-            if held is not None and not held.resynced.wait(0 if held.waited else PROVISIONAL_WAIT_SECONDS):
-                held.waited = True
-                if held.generation == self.listings.generation(folder):
-                    self._used(folder)
-                    return held.listing
+        moment ago; the resync makes the kernel forget what went away. A
+        folder written to this mount (its generation moved) is not shown
+        the old listing: that waits for the resync."""
+        listing = self.listings.get(folder)
+        if self._fresh(listing):
+            return listing
+        generation = self.listings.generation(folder)
+        with self._provisional_lock:
+            held = self._provisional.get(folder)
+        if held is None and listing is None and self.disk is not None and generation == 0:
+            stored = self.disk.listing(folder)
+            if stored is not None:
+                with self._provisional_lock:
+                    held = self._provisional.setdefault(folder, _Provisional(stored, generation))
+                if held.listing is stored:
+                    self._in_background(lambda: self._resync_quietly(folder, stored))
+        if held is not None and held.generation == generation == self.listings.generation(folder):
+            self._used(folder)
+            return held.listing
         return self.listing(folder)
 
-    def listing(self, folder: str, *, background: bool = False) -> Listing:
+    def _resync_quietly(self, folder: str, stored: Listing | None = None) -> None:
+        try:
+            self.listing(folder, background=True, stored=stored)
+        except ImapFSError as exc:
+            log.debug("resynchronising %r in the background failed: %s", folder, exc)
+
+    def _in_background(self, work: Callable[[], None]) -> None:
+        """work on one of the workers (see _in_parallel), not waited for."""
+        self._worker_pool().submit(work)
+
+    def _worker_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._searches_lock:
+            if self._workers is None:
+                # Made at first use, never before FUSE's init: no thread may exist when the mount forks.
+                self._workers = concurrent.futures.ThreadPoolExecutor(
+                    # One connection stays free for the reads of whoever else uses the mount.
+                    max_workers=max(1, self.options.connections - 1), thread_name_prefix="imapfs-search")
+            return self._workers
+
+    def listing(self, folder: str, *, background: bool = False, stored: Listing | None = None) -> Listing:
         """The folder's messages, revalidated when older than listing_ttl.
         background: not asked for by a user, so neither the folder the
-        watcher follows nor the start of a walk."""
+        watcher follows nor the start of a walk. stored: the disk's
+        listing of the folder, read already."""
         if not background:
             self._used(folder)
         listing = self.listings.get(folder)
@@ -301,13 +349,16 @@ class MailStore:
                 # A previous mount's listing: stale, so it is resynchronised
                 # first (at the cost of what changed since); served as it is
                 # only while the server cannot be reached.
-                listing = self.disk.listing(folder)
+                if stored is None:
+                    with self._provisional_lock:
+                        held = self._provisional.get(folder)
+                    stored = held.listing if held is not None and held.generation == generation else None
+                listing = stored if stored is not None else self.disk.listing(folder)
                 from_disk = listing is not None
             flag_changes: list[int] = []
-            resynced = threading.Event()
             if listing is not None and from_disk:
                 with self._provisional_lock:
-                    self._provisional[folder] = _Provisional(listing, generation, resynced)
+                    self._provisional[folder] = _Provisional(listing, generation)
             try:
                 fresh = self.pool.run(lambda s: self._sync(s, folder, listing, flag_changes))
             except ServerUnavailable as exc:
@@ -325,7 +376,6 @@ class MailStore:
                 if from_disk:
                     with self._provisional_lock:
                         self._provisional.pop(folder, None)
-                    resynced.set()
             if from_disk and listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
                 # It may have been shown (shown_listing): what went away, or
                 # changed its name (a Maildir's flags), is forgotten.
@@ -730,13 +780,7 @@ class MailStore:
         borrows its own session); the first error is raised once all ended."""
         if len(tasks) <= 1:
             return [work(task) for task in tasks]
-        with self._searches_lock:
-            if self._workers is None:
-                # Made at first use, never before FUSE's init: no thread may exist when the mount forks.
-                self._workers = concurrent.futures.ThreadPoolExecutor(
-                    # One connection stays free for the reads of whoever else uses the mount.
-                    max_workers=max(1, self.options.connections - 1), thread_name_prefix="imapfs-search")
-            workers = self._workers
+        workers = self._worker_pool()
         futures = [workers.submit(work, task) for task in tasks]
         concurrent.futures.wait(futures)
         return [future.result() for future in futures]
@@ -1471,8 +1515,6 @@ class _Provisional:
 
     listing: Listing
     generation: int  # the folder's, when it was read: a write since means it is not shown
-    resynced: threading.Event  # set when the resync ended, either way
-    waited: bool = False  # something waited PROVISIONAL_WAIT_SECONDS for it already
 
 
 def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:

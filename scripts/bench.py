@@ -39,6 +39,10 @@ Rows 10 to 14b (issue #13: a persistent cache, and costs that grow with changes)
 11. ``grep -rl TOKEN`` over the 2,000 messages right after a remount ``-o ro`` over a
     persistent cache that an earlier mount's grep filled with every body / row 5's baseline,
     grep over a local copy. The page cache is not dropped here: the local copy is in it too;
+    10f, 11f. the same ``ls -l`` and ``grep -rl`` over the trivial FloorFS (below) right
+    after it is mounted, serving the same names, attributes (and bodies) from memory: the
+    least any Python FUSE filesystem pays for a first ``ls -l`` or a first read of every
+    file after a mount, against the same baselines;
 12. ``stat`` of one message (the middle UID) of a 100,000-message folder on a fresh mount
     that has listed nothing, once the mount is up and idle (its connections opened at mount
     logged in: imapfs used no CPU for 0.3 s or 6 round trips) / the same metadata on a
@@ -878,6 +882,21 @@ def serve_floor_fs(data: Path, mountpoint: Path) -> int:
     return 0
 
 
+def write_floor_listing(folder_path: Path, path: Path) -> int:
+    """Pickle, for FloorFS, the names and attributes of an imapfs folder, for an ``ls -l`` (no bodies:
+    it reads none). Returns how many files were written."""
+    files: list[tuple[str, dict[str, int], bytes]] = []
+    for entry in sorted(os.scandir(folder_path), key=lambda e: e.name):
+        st = entry.stat()
+        attrs = {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": st.st_size, "st_blocks": st.st_blocks,
+                 "st_blksize": st.st_blksize, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
+                 "st_atime": st.st_atime_ns}
+        files.append((entry.name, attrs, b""))
+    with open(path, "wb") as handle:
+        pickle.dump((folder_path.name, files), handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(files)
+
+
 def write_floor_data(folder_path: Path, bodies: dict[int, bytes], path: Path) -> int:
     """Pickle, for FloorFS, the files of an imapfs folder: its names and attributes, with the bodies fetched raw.
 
@@ -1345,37 +1364,51 @@ class Bench:
                          "row 1's cold `ls -l`", 0.1, 0.3)
         remount_grep = Row("11", f"remount + `grep -rl` over {g:,} messages, bodies on disk",
                            "remount -o ro, cache filled", "grep on local copy (row 5's)", 3, 6)
+        ls_floor = Row("10f", "row 10 over a trivial in-memory mfusepy FS (floor)", "fresh trivial mount",
+                       remount_ls.baseline, None, None, measured="trivial FS")
+        grep_floor = Row("11f", "row 11 over the trivial FS (floor)", "fresh trivial mount",
+                         remount_grep.baseline, None, None, measured="trivial FS")
         if self.cold_ls is None:
             self.cold_ls = []
             for _ in range(self.repeat):
                 with self.mount("ls") as mount:
                     self.cold_ls.append(timed_ls_l(mount.mountpoint / LIST_FOLDER, n, "cold ls -l"))
+        _, bodies = floor_bodies(self.server, GREP_FOLDER)
+        expect("bodies fetched", len(bodies), g)
         if self.local_grep is None:
-            _, bodies = floor_bodies(self.server, GREP_FOLDER)
-            expect("bodies fetched", len(bodies), g)
             self.local_grep_baseline(bodies)
-        remount_ls.baseline_times = list(self.cold_ls)
-        remount_grep.baseline_times = list(self.local_grep or [])
+        remount_ls.baseline_times = ls_floor.baseline_times = list(self.cold_ls)
+        remount_grep.baseline_times = grep_floor.baseline_times = list(self.local_grep or [])
 
         ls_cache = self.fresh_cache_dir("ls")
+        ls_floor_data = self.workdir / "floorfs-list.pickle"
         with self.mount("cache-fill-ls", options=f"cache_dir={ls_cache}") as mount:
             timed_ls_l(mount.mountpoint / LIST_FOLDER, n, "ls -l filling the disk cache")
+            write_floor_listing(mount.mountpoint / LIST_FOLDER, ls_floor_data)
         for _ in range(self.repeat):
             with self.mount("remount-ls", options=f"cache_dir={ls_cache}") as mount:
                 remount_ls.subject_times.append(timed_ls_l(mount.mountpoint / LIST_FOLDER, n, "remount ls -l"))
+            with self.floor_mount(ls_floor_data) as floor:
+                ls_floor.subject_times.append(timed_ls_l(floor.mountpoint / LIST_FOLDER, n, "floor FS ls -l"))
 
         grep_cache = self.fresh_cache_dir("grep")
+        grep_floor_data = self.workdir / "floorfs-grep.pickle"
         with self.mount("cache-fill-grep", read_only=True, options=f"cache_dir={grep_cache}") as mount:
             _, hits = timed_grep(mount.mountpoint / GREP_FOLDER, matches, "grep -rl filling the disk cache")
+            write_floor_data(mount.mountpoint / GREP_FOLDER, bodies, grep_floor_data)
         for _ in range(self.repeat):
             with self.mount("remount-grep", read_only=True, options=f"cache_dir={grep_cache}") as mount:
                 elapsed, found = timed_grep(mount.mountpoint / GREP_FOLDER, matches, "remount grep -rl", drop=False)
                 expect("remount grep -rl: the files the filling mount's grep found", found, hits)
                 remount_grep.subject_times.append(elapsed)
+            with self.floor_mount(grep_floor_data) as floor:
+                elapsed, found = timed_grep(floor.mountpoint / GREP_FOLDER, matches, "floor FS grep -rl", drop=False)
+                expect("floor FS grep -rl: the files imapfs found", found, hits)
+                grep_floor.subject_times.append(elapsed)
         self.notes.append(f"rows 10 and 11: the persistent caches hold {tree_mb(ls_cache):.1f} MB "
                           f"({LIST_FOLDER}'s listing) and {tree_mb(grep_cache):.1f} MB ({GREP_FOLDER}'s listing "
                           f"and bodies) after the remounts")
-        return [remount_ls, remount_grep]
+        return [remount_ls, ls_floor, remount_grep, grep_floor]
 
     def fresh_cache_dir(self, kind: str) -> Path:
         """An empty cache_dir in the workdir (a --workdir used before may hold an old one)."""

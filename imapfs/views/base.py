@@ -129,6 +129,16 @@ class ListingEntries(Sequence[tuple[str, Node]]):
         self._before, self._folder, self._uidvalidity, self._table, self._after = (
             before, folder, uidvalidity, table, after)
 
+    @property
+    def table(self) -> MessageTable:
+        """The listing's rows the message entries are made from."""
+        return self._table
+
+    @property
+    def rows(self) -> range:
+        """The indexes of the message entries: row i of the table is entry rows.start + i."""
+        return range(len(self._before), len(self._before) + len(self._table))
+
     def __len__(self) -> int:
         return len(self._before) + len(self._table) + len(self._after)
 

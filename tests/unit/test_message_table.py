@@ -79,3 +79,27 @@ def test_a_listing_made_from_a_dict_holds_a_table():
     uids, positions = listing.order()
     assert list(uids) == [1, 2] and positions.position(2) == 1
     assert listing.filenames() == {meta(1).filename, meta(2).filename}
+
+
+def test_directory_entries_made_from_rows_are_the_entries_made_from_nodes():
+    from imapfs.fs import DirEntries
+    from imapfs.model import Folder
+    from imapfs.views.base import DirNode, ListingEntries, MessageRef
+
+    folder = Folder("INBOX", "/")
+    table = MessageTable([meta(uid) for uid in (2, 3, 5)])
+    sub = DirNode(Folder("INBOX/sub", "/"))
+    items = ListingEntries([("sub", sub)], folder, 9, table, [("being-written.eml", DirNode(None))])
+
+    def attrs(name, child):
+        if isinstance(child, MessageRef):
+            return {"size": child.meta.size, "when": child.meta.internaldate, "name": name}
+        return {"dir": name}
+
+    def row_stat(rows, row):
+        return {"size": rows.size_at(row), "when": rows.date_at(row), "name": rows.filename_at(row)}
+
+    slow, fast = DirEntries(items, attrs), DirEntries(items, attrs, row_stat)
+    assert len(fast) == len(slow) == 2 + 1 + 3 + 1
+    assert [fast[i] for i in range(len(fast))] == [slow[i] for i in range(len(slow))]
+    assert fast[-1] == ("being-written.eml", {"dir": "being-written.eml"}, 0) and fast[1] == ".."

@@ -3,6 +3,8 @@ cache directory) costs what changed while unmounted, counted at the pool."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from imapfs.cache import DiskCache
@@ -201,11 +203,7 @@ def test_a_sync_dropped_for_a_concurrent_write_still_reaches_the_disk(directory)
 
 
 def test_a_remount_resyncs_stored_folders_in_the_background_and_shows_them_while_the_server_stalls(
-        directory, monkeypatch):
-    import threading
-
-    from imapfs import store as store_module
-
+        directory):
     server = FakeServer(WITH_QRESYNC)
     before = first_mount(server, directory, count=20)
     new = server.add("INBOX", b"Subject: while unmounted\r\n\r\nnew\r\n")
@@ -214,7 +212,6 @@ def test_a_remount_resyncs_stored_folders_in_the_background_and_shows_them_while
     server.commands.clear()
     used: list[str] = []
     store.on_folder_used = used.append
-    monkeypatch.setattr(store_module, "PROVISIONAL_WAIT_SECONDS", 0.05)
     entered, release = threading.Event(), threading.Event()
     run = store.pool.run
 
@@ -242,16 +239,11 @@ def test_a_remount_resyncs_stored_folders_in_the_background_and_shows_them_while
     assert len(fresh.messages) == 21 and server.commands == []  # resynced already: nothing asked again
 
 
-def test_a_write_while_a_remount_resync_is_stalled_is_not_hidden_by_the_old_listing(directory, monkeypatch):
-    import threading
-
-    from imapfs import store as store_module
-
+def test_a_write_while_a_remount_resync_is_stalled_is_not_hidden_by_the_old_listing(directory):
     server = FakeServer(WITH_QRESYNC)
     first_mount(server, directory, count=5)
     store = mount(server, directory, connections=3)
     store.folders()
-    monkeypatch.setattr(store_module, "PROVISIONAL_WAIT_SECONDS", 0.05)
     entered, release = threading.Event(), threading.Event()
     run = store.pool.run
 
@@ -275,3 +267,59 @@ def test_a_write_while_a_remount_resync_is_stalled_is_not_hidden_by_the_old_list
     waiter.join(10)
     resync.join(10)
     assert not waiter.is_alive() and not resync.is_alive()
+
+
+def test_the_first_ls_of_a_stored_folder_is_shown_at_once_and_resynced_behind_it(directory):
+    server = FakeServer(WITH_QRESYNC)
+    before = first_mount(server, directory, count=10)
+    gone = sorted(server.mailboxes["INBOX"].messages)[2]
+    server.expunge("INBOX", gone)
+    store = mount(server, directory, connections=3)
+    store.folders()
+    forgotten: list[tuple[str, list[str]]] = []
+    store.on_names_changed = lambda folder, names: forgotten.append((folder, names))
+    release = threading.Event()
+    run = store.pool.run
+
+    def stalled(work):
+        assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled  # type: ignore[method-assign]
+    shown = store.shown_listing("INBOX")  # the server does not answer: shown from disk, at once
+    assert shown.messages == before.messages
+    release.set()
+    for _ in range(100):
+        if store.fresh_listing("INBOX") is not None:
+            break
+        threading.Event().wait(0.05)
+    assert gone not in store.listing("INBOX").messages
+    assert forgotten == [("INBOX", [before.messages[gone].filename])]  # the kernel forgets what went away
+
+
+def test_a_remounts_folder_list_is_shown_at_once_and_replaced_when_the_server_differs(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=1)
+    server.mailboxes.pop("INBOX")  # gone while unmounted
+    server.create("Archive")
+    store = mount(server, directory, connections=3)
+    replaced: list[tuple[list[str], list[str]]] = []
+    store.on_folders_replaced = lambda shown, listed: replaced.append(
+        ([f.name for f in shown], [f.name for f in listed]))
+    release = threading.Event()
+    run = store.pool.run
+
+    def stalled(work):
+        assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled  # type: ignore[method-assign]
+    store.prefetch_folders()
+    assert [f.name for f in store.folders()] == ["INBOX"]  # the previous mount's, while LIST waits
+    release.set()
+    for _ in range(100):
+        if replaced:
+            break
+        threading.Event().wait(0.05)
+    assert replaced == [(["INBOX"], ["Archive"])]
+    assert [f.name for f in store.folders()] == ["Archive"]
