@@ -295,7 +295,7 @@ def test_courier_rename_of_a_folder_just_written_expunges_nothing(courier, couri
     every message another client marked \\Deleted there. imapfs leaves it
     by EXAMINE first, so CLOSE expunges nothing."""
     flagged, bystander = message("flagged by setfattr"), message("marked deleted elsewhere")
-    flagged_uid = _append(courier_client, folder, flagged)
+    _append(courier_client, folder, flagged)
     bystander_uid = _append(courier_client, folder, bystander)
     # Marked by another client (a mail program that leaves the EXPUNGE for later).
     courier_client.select_folder(folder)
@@ -306,8 +306,11 @@ def test_courier_rename_of_a_folder_just_written_expunges_nothing(courier, couri
     sh("setfattr", "-n", "user.imap.flags", "-v", "\\Flagged", path)  # SELECT, read-write
     renamed = f"{folder}-renamed"
     sh("mv", _path(m, folder), _path(m, renamed))
-    assert _messages(courier_client, renamed) == {flagged_uid: (flagged, {b"\\Flagged"}),
-                                                  bystander_uid: (bystander, {b"\\Deleted"})}
+    # By content: RFC 3501 lets a renamed folder's UIDs start over, and
+    # Courier at times numbers them again in another order (seen in one full
+    # run: the two UIDs swapped, both messages there with their flags).
+    kept = {body: flags for body, flags in _messages(courier_client, renamed).values()}
+    assert kept == {flagged: {b"\\Flagged"}, bystander: {b"\\Deleted"}}
 
 
 # ------------------------------------------------------------------ freshness, read-only
