@@ -68,9 +68,12 @@ class FolderStatus:
     highestmodseq: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Listing:
-    """A folder's messages as last synchronised, valid for one UIDVALIDITY."""
+    """A folder's messages as last synchronised, valid for one UIDVALIDITY.
+    Compared by identity: a listing is replaced, never changed, when the
+    server's state moves on, so the same object means the same entries (and
+    comparing 100,000 rows would cost what that identity saves)."""
 
     folder: str
     uidvalidity: int
@@ -230,6 +233,30 @@ class MessageTable(Mapping[int, MessageMeta]):
         self._name_ends.append(len(self._names))
         self._ids += message_id.encode("utf-8", "surrogatepass")
         self._id_ends.append(len(self._ids))
+
+    def add_many(self, metas: list[MessageMeta]) -> None:
+        """Rows for metas, in one rebuild when some are out of UID order
+        (a reconciliation fetches UIDs a listing missed, below its last)."""
+        if self.uids and any(meta.uid <= self.uids[-1] for meta in metas):
+            fresh = {meta.uid: meta for meta in self.values()}
+            fresh.update((meta.uid, meta) for meta in metas)
+            rebuilt = MessageTable(fresh.values())
+            for name in self.__slots__:
+                setattr(self, name, getattr(rebuilt, name))
+            return
+        for meta in sorted(metas, key=lambda m: m.uid):
+            self.add(meta)
+
+    def take_verified_sizes(self, other: MessageTable) -> None:
+        """Real sizes other learnt (size_verified) for rows this table holds unverified."""
+        start = other._verified.find(1)
+        while start != -1:
+            uid = other.uids[start]
+            row = self.position(uid)
+            if row is not None and not self._verified[row]:
+                self._sizes[row] = other._sizes[start]
+                self._verified[row] = 1
+            start = other._verified.find(1, start + 1)
 
     def __setitem__(self, uid: int, meta: MessageMeta) -> None:
         if uid != meta.uid:

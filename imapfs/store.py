@@ -140,8 +140,8 @@ class MailStore:
         # folder -> a previous mount's listing while its first resync of this
         # mount is in flight (see shown_listing).
         self._provisional: dict[str, _Provisional] = {}
-        # The previous mount's folder list while this mount's first LIST is in flight.
-        self._provisional_folders: list[Folder] | None = None
+        # (folders generation, the previous mount's folder list) while this mount's first LIST is in flight.
+        self._provisional_folders: tuple[int, list[Folder]] | None = None
         self._provisional_lock = threading.Lock()  # guards _provisional, _provisional_folders
         # Called with (list shown, list the server gave) when a previous mount's folder list proved wrong.
         self.on_folders_replaced: Callable[[list[Folder], list[Folder]], None] | None = None
@@ -166,8 +166,8 @@ class MailStore:
             return cached[1]
         with self._provisional_lock:
             shown = self._provisional_folders
-        if shown is not None:
-            return shown  # the mount's first LIST is in flight: the previous mount's list, at once
+        if shown is not None and shown[0] == self.listings.folders_generation():
+            return shown[1]  # the mount's first LIST is in flight: the previous mount's list, at once
         return self._list_folders()
 
     def _list_folders(self) -> list[Folder]:
@@ -217,7 +217,8 @@ class MailStore:
         differs, on_folders_replaced tells the FUSE edge."""
         shown = self.disk.folders() if self.disk is not None else None
         with self._provisional_lock:
-            self._provisional_folders = shown
+            # Shown only while the folder list is not changed (mkdir, rmdir, a relist).
+            self._provisional_folders = None if shown is None else (self.listings.folders_generation(), shown)
 
         def list_now() -> None:
             try:
@@ -303,16 +304,24 @@ class MailStore:
                     held = self._provisional.setdefault(folder, _Provisional(stored, generation))
                 if held.listing is stored:
                     self._in_background(lambda: self._resync_quietly(folder, stored))
-        if held is not None and held.generation == generation == self.listings.generation(folder):
+        # Only while nothing of this mount's is in memory, and nothing was
+        # written there this mount (generation 0 then and now).
+        if (held is not None and listing is None and held.generation == generation == 0
+                and self.listings.generation(folder) == 0 and self.listings.get(folder) is None):
             self._used(folder)
             return held.listing
         return self.listing(folder)
 
-    def _resync_quietly(self, folder: str, stored: Listing | None = None) -> None:
+    def _resync_quietly(self, folder: str, stored: Listing) -> None:
         try:
             self.listing(folder, background=True, stored=stored)
         except ImapFSError as exc:
             log.debug("resynchronising %r in the background failed: %s", folder, exc)
+        finally:
+            # A resync another thread finished meanwhile leaves this one's entry behind.
+            with self._provisional_lock:
+                if (held := self._provisional.get(folder)) is not None and held.listing is stored:
+                    del self._provisional[folder]
 
     def _in_background(self, work: Callable[[], None]) -> None:
         """work on one of the workers (see _in_parallel), not waited for."""
@@ -356,42 +365,54 @@ class MailStore:
                 listing = stored if stored is not None else self.disk.listing(folder)
                 from_disk = listing is not None
             flag_changes: list[int] = []
-            if listing is not None and from_disk:
+            if listing is not None and from_disk and generation == 0:
                 with self._provisional_lock:
                     self._provisional[folder] = _Provisional(listing, generation)
             try:
-                fresh = self.pool.run(lambda s: self._sync(s, folder, listing, flag_changes))
-            except ServerUnavailable as exc:
-                if listing is None:
-                    raise
-                # Offline: show the folder as last seen rather than fail, and
-                # try the server again after a short pause, not on every call.
-                log.warning("cannot revalidate %r (%s); showing it as last seen", folder, exc)
-                listing.stale = False
-                listing.synced_at = self._clock() - self.options.listing_ttl + OFFLINE_RETRY_SECONDS
-                if from_disk:
-                    self.listings.put(listing, generation)
-                return listing
+                return self._resync_and_keep(folder, listing, from_disk, generation, flag_changes)
             finally:
                 if from_disk:
+                    # Dropped only now, with the fresh listing stored: a lookup
+                    # in between would otherwise read the disk's again.
                     with self._provisional_lock:
                         self._provisional.pop(folder, None)
-            if from_disk and listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
-                # It may have been shown (shown_listing): what went away, or
-                # changed its name (a Maildir's flags), is forgotten.
-                shown = listing.messages
-                moved = listing.messages.uids_not_in(fresh.messages) + flag_changes
-                self._names_changed(folder, sorted({shown[uid].filename for uid in moved if uid in shown}))
-            if fresh is listing:
-                # Unchanged on the server (one EXAMINE said so): the same object, so
-                # the directory entries built from it are served again as they are.
-                self.listings.confirm(fresh, generation, self._clock())
-                return fresh
-            if self.listings.put(fresh, generation):
-                self._write_back(listing, fresh, flag_changes)
-            elif self.disk is not None:
-                self._disk_lagging.add(folder)  # guarded by the folder's sync lock, held here
+
+    def _resync_and_keep(self, folder: str, listing: Listing | None, from_disk: bool, generation: int,
+                         flag_changes: list[int]) -> Listing:
+        """listing()'s work under the folder's sync lock: resync, and keep what came of it."""
+        try:
+            fresh = self.pool.run(lambda s: self._sync(s, folder, listing, flag_changes))
+        except ServerUnavailable as exc:
+            if listing is None:
+                raise
+            # Offline: show the folder as last seen rather than fail, and
+            # try the server again after a short pause, not on every call.
+            log.warning("cannot revalidate %r (%s); showing it as last seen", folder, exc)
+            listing.stale = False
+            listing.synced_at = self._clock() - self.options.listing_ttl + OFFLINE_RETRY_SECONDS
+            if from_disk:
+                self.listings.put(listing, generation)
+            return listing
+        if listing is not None and fresh is not listing:
+            # Sizes learnt on the old table while the resync ran (a read
+            # beside it) are kept: the fresh table was copied before.
+            fresh.messages.take_verified_sizes(listing.messages)
+        if from_disk and listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
+            # It may have been shown (shown_listing): what went away, or
+            # changed its name (a Maildir's flags), is forgotten.
+            shown = listing.messages
+            moved = listing.messages.uids_not_in(fresh.messages) + flag_changes
+            self._names_changed(folder, sorted({shown[uid].filename for uid in moved if uid in shown}))
+        if fresh is listing:
+            # Unchanged on the server (one EXAMINE said so): the same object, so
+            # the directory entries built from it are served again as they are.
+            self.listings.confirm(fresh, generation, self._clock())
             return fresh
+        if self.listings.put(fresh, generation):
+            self._write_back(listing, fresh, flag_changes)
+        elif self.disk is not None:
+            self._disk_lagging.add(folder)  # guarded by the folder's sync lock, held here
+        return fresh
 
     # --- walks: many folders listed one after another ---------------------
     def _note_walk(self, folder: str) -> None:
@@ -568,10 +589,8 @@ class MailStore:
         """Metadata only, never bodies: batches of fetch_batch UIDs as compact
         sets, pipelined (the next batches are asked for while one is parsed)."""
         def add(fetched: dict[int, dict[bytes, Any]]) -> None:
-            for uid, data in sorted(fetched.items()):
-                meta = _meta_from_fetch(uid, data)
-                if meta is not None:
-                    listing.add(meta)
+            listing.messages.add_many([meta for uid, data in sorted(fetched.items())
+                                       if (meta := _meta_from_fetch(uid, data)) is not None])
 
         step = self.options.fetch_batch
         uids = sorted(uids)  # the table's rows are in UID order: appended, never inserted
@@ -837,7 +856,7 @@ class MailStore:
         when the size shown changes or becomes verified. meta is a copy of
         the listing's row (MessageTable): what another copy learnt first is
         taken from the row, so it is warned about and counted once."""
-        listing = self.listings.get(folder)
+        listing = self.listings.get(folder) or self.provisional_listing(folder)
         table = listing.messages if listing is not None and listing.uidvalidity == uidvalidity else None
         row = table.get(meta.uid) if table is not None else None
         if row is not None and row.size_verified and not meta.size_verified:

@@ -212,7 +212,7 @@ class MaildirView(View):
         with self._lock:
             writing = tuple(new for (owner, role, _), new in self._writing.items()
                             if owner == folder and role == node.role)
-            key = (listing, len(self._acknowledged), writing)
+            key = (listing, len(self._acknowledged), writing, self.store.size_epoch)
             cached = self._entries_cache.get((folder, node.role))
             if cached is not None and all(a is b or a == b for a, b in zip(cached[0], key, strict=True)):
                 return cached[1]

@@ -103,3 +103,27 @@ def test_directory_entries_made_from_rows_are_the_entries_made_from_nodes():
     assert len(fast) == len(slow) == 2 + 1 + 3 + 1
     assert [fast[i] for i in range(len(fast))] == [slow[i] for i in range(len(slow))]
     assert fast[-1] == ("being-written.eml", {"dir": "being-written.eml"}, 0) and fast[1] == ".."
+
+
+def test_rows_added_in_a_batch_below_the_last_uid_are_merged_in_one_rebuild():
+    table = MessageTable([meta(uid) for uid in (2, 4, 9)])
+    table.add_many([meta(3), meta(10), meta(4, size=7)])
+    assert list(table) == [2, 3, 4, 9, 10] and table[4].size == 7 and table[3] == meta(3)
+    table.add_many([meta(11), meta(12)])
+    assert list(table)[-2:] == [11, 12]
+
+
+def test_verified_sizes_are_taken_only_for_rows_not_verified():
+    old = MessageTable([meta(1, size_verified=False), meta(2, size_verified=False), meta(4, size_verified=False)])
+    old.set_size(1, 111, True)
+    old.set_size(4, 444, True)
+    fresh = MessageTable([meta(1, size_verified=False), meta(2, size_verified=False), meta(3, size=33,
+                                                                                        size_verified=True)])
+    fresh.take_verified_sizes(old)
+    assert (fresh[1].size, fresh[1].size_verified) == (111, True)
+    assert (fresh[2].size, fresh[2].size_verified) == (20, False) and fresh[3].size == 33 and 4 not in fresh
+
+
+def test_listings_compare_by_identity():
+    a, b = Listing("INBOX", 1, messages={1: meta(1)}), Listing("INBOX", 1, messages={1: meta(1)})  # type: ignore
+    assert a != b and a == a and a.messages == b.messages

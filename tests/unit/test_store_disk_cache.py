@@ -289,12 +289,80 @@ def test_the_first_ls_of_a_stored_folder_is_shown_at_once_and_resynced_behind_it
     shown = store.shown_listing("INBOX")  # the server does not answer: shown from disk, at once
     assert shown.messages == before.messages
     release.set()
-    for _ in range(100):
+    for _ in range(200):
         if store.fresh_listing("INBOX") is not None:
             break
         threading.Event().wait(0.05)
-    assert gone not in store.listing("INBOX").messages
+    resynced = store.fresh_listing("INBOX")  # by the background resync: nothing here asked the server
+    assert resynced is not None and gone not in resynced.messages and len(resynced.messages) == 9
     assert forgotten == [("INBOX", [before.messages[gone].filename])]  # the kernel forgets what went away
+    assert store.provisional_listing("INBOX") is None
+
+
+def test_a_lookup_while_a_resync_stores_its_listing_leaves_no_old_listing_behind(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=10)
+    server.expunge("INBOX", sorted(server.mailboxes["INBOX"].messages)[0])
+    store = mount(server, directory, connections=3)
+    store.folders()
+    seen: list[int] = []
+    # Between the resync's answer and its listing being stored, a lookup comes.
+    store.on_names_changed = lambda folder, names: seen.append(len(store.shown_listing(folder).messages))
+    assert len(store.listing("INBOX").messages) == 9
+    assert seen == [10]  # it was shown the previous listing, then
+    assert store.provisional_listing("INBOX") is None  # nothing of it is left to be shown later
+    store.invalidate("INBOX")
+    assert len(store.shown_listing("INBOX").messages) == 9
+
+
+def test_a_folder_written_before_its_remount_resync_is_never_shown_the_old_listing(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=5)
+    store = mount(server, directory, connections=3)
+    store.folders()
+    store.invalidate("INBOX")  # what a write (cp, mv) into the folder does, before any resync
+    release = threading.Event()
+    run = store.pool.run
+
+    def stalled(work):
+        assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled  # type: ignore[method-assign]
+    resync = threading.Thread(target=store._resync_remounted)
+    resync.start()
+    waiter = threading.Thread(target=store.shown_listing, args=("INBOX",))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and store.provisional_listing("INBOX") is None  # waits for the server
+    release.set()
+    waiter.join(10)
+    resync.join(10)
+    assert not waiter.is_alive() and not resync.is_alive()
+
+
+def test_a_changed_folder_list_is_not_shown_the_previous_mounts(directory):
+    server = FakeServer(WITH_QRESYNC)
+    first_mount(server, directory, count=1)
+    store = mount(server, directory, connections=3)
+    release = threading.Event()
+    run = store.pool.run
+
+    def stalled(work):
+        assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled  # type: ignore[method-assign]
+    store.prefetch_folders()
+    assert [f.name for f in store.folders()] == ["INBOX"]  # at once, while LIST waits
+    store.listings.invalidate_folders()  # what mkdir, rmdir or a relist do
+    lister = threading.Thread(target=store.folders)
+    lister.start()
+    lister.join(0.5)
+    assert lister.is_alive()  # waits for the server's list now
+    release.set()
+    lister.join(10)
+    assert not lister.is_alive()
 
 
 def test_a_remounts_folder_list_is_shown_at_once_and_replaced_when_the_server_differs(directory):
