@@ -32,6 +32,23 @@ def body_fetches(server):
     return [c for c in server.commands if c[0] == "UID FETCH" and any("BODY.PEEK[]" in i for i in c[2])]
 
 
+def stall(store, once=False):
+    """Every pool.run (or only the first) waits for release: a server that
+    does not answer. Returns (entered: set once one waits, release, the
+    pool's own run)."""
+    entered, release = threading.Event(), threading.Event()
+    run = store.pool.run
+
+    def stalled(work):
+        if not (once and entered.is_set()):
+            entered.set()
+            assert release.wait(10)
+        return run(work)
+
+    store.pool.run = stalled
+    return entered, release, run
+
+
 @pytest.fixture
 def directory(tmp_path):
     return str(tmp_path / "acct")
@@ -212,15 +229,7 @@ def test_a_remount_resyncs_stored_folders_in_the_background_and_shows_them_while
     server.commands.clear()
     used: list[str] = []
     store.on_folder_used = used.append
-    entered, release = threading.Event(), threading.Event()
-    run = store.pool.run
-
-    def stalled(work):
-        entered.set()
-        assert release.wait(10)
-        return run(work)
-
-    store.pool.run = stalled  # type: ignore[method-assign]
+    entered, release, run = stall(store)
     resync = threading.Thread(target=store._resync_remounted)
     resync.start()
     assert entered.wait(10)
@@ -244,16 +253,7 @@ def test_a_write_while_a_remount_resync_is_stalled_is_not_hidden_by_the_old_list
     first_mount(server, directory, count=5)
     store = mount(server, directory, connections=3)
     store.folders()
-    entered, release = threading.Event(), threading.Event()
-    run = store.pool.run
-
-    def stalled_once(work):
-        if not entered.is_set():
-            entered.set()
-            assert release.wait(10)
-        return run(work)
-
-    store.pool.run = stalled_once  # type: ignore[method-assign]
+    entered, release, _ = stall(store, once=True)
     resync = threading.Thread(target=store._resync_remounted)
     resync.start()
     assert entered.wait(10)
@@ -278,14 +278,7 @@ def test_the_first_ls_of_a_stored_folder_is_shown_at_once_and_resynced_behind_it
     store.folders()
     forgotten: list[tuple[str, list[str]]] = []
     store.on_names_changed = lambda folder, names: forgotten.append((folder, names))
-    release = threading.Event()
-    run = store.pool.run
-
-    def stalled(work):
-        assert release.wait(10)
-        return run(work)
-
-    store.pool.run = stalled  # type: ignore[method-assign]
+    _, release, _ = stall(store)
     shown = store.shown_listing("INBOX")  # the server does not answer: shown from disk, at once
     assert shown.messages == before.messages
     release.set()
@@ -321,14 +314,7 @@ def test_a_folder_written_before_its_remount_resync_is_never_shown_the_old_listi
     store = mount(server, directory, connections=3)
     store.folders()
     store.invalidate("INBOX")  # what a write (cp, mv) into the folder does, before any resync
-    release = threading.Event()
-    run = store.pool.run
-
-    def stalled(work):
-        assert release.wait(10)
-        return run(work)
-
-    store.pool.run = stalled  # type: ignore[method-assign]
+    _, release, _ = stall(store)
     resync = threading.Thread(target=store._resync_remounted)
     resync.start()
     waiter = threading.Thread(target=store.shown_listing, args=("INBOX",))
@@ -345,14 +331,7 @@ def test_a_changed_folder_list_is_not_shown_the_previous_mounts(directory):
     server = FakeServer(WITH_QRESYNC)
     first_mount(server, directory, count=1)
     store = mount(server, directory, connections=3)
-    release = threading.Event()
-    run = store.pool.run
-
-    def stalled(work):
-        assert release.wait(10)
-        return run(work)
-
-    store.pool.run = stalled  # type: ignore[method-assign]
+    _, release, _ = stall(store)
     store.prefetch_folders()
     assert [f.name for f in store.folders()] == ["INBOX"]  # at once, while LIST waits
     store.listings.invalidate_folders()  # what mkdir, rmdir or a relist do
@@ -374,14 +353,7 @@ def test_a_remounts_folder_list_is_shown_at_once_and_replaced_when_the_server_di
     replaced: list[tuple[list[str], list[str]]] = []
     store.on_folders_replaced = lambda shown, listed: replaced.append(
         ([f.name for f in shown], [f.name for f in listed]))
-    release = threading.Event()
-    run = store.pool.run
-
-    def stalled(work):
-        assert release.wait(10)
-        return run(work)
-
-    store.pool.run = stalled  # type: ignore[method-assign]
+    _, release, _ = stall(store)
     store.prefetch_folders()
     assert [f.name for f in store.folders()] == ["INBOX"]  # the previous mount's, while LIST waits
     release.set()
