@@ -9,6 +9,7 @@ sshfs-style, so mount(8) can call it from /etc/fstab as type fuse.imapfs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import logging.handlers
@@ -259,11 +260,8 @@ def one_malloc_arena() -> None:
     import ctypes.util
 
     m_arena_max = -8  # glibc's malloc.h
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(m_arena_max, 1)
-    except (OSError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(m_arena_max, 1)
 
 
 def prefer_libfuse3() -> None:

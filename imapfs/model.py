@@ -216,13 +216,9 @@ class MessageTable(Mapping[int, MessageMeta]):
                 message_id: str, size_verified: bool) -> None:
         """add(), from the fields (a listing read from disk makes no MessageMeta per row)."""
         if self.uids and uid <= self.uids[-1]:
-            # Out of UID order, or again (never in a listing as built): rebuilt in order, once.
-            rows = [meta for meta in self.values() if meta.uid != uid]
-            rows.append(MessageMeta(uid=uid, size=size, internaldate=internaldate, flags=flags, filename=filename,
-                                    message_id=message_id, size_verified=size_verified))
-            fresh = MessageTable(rows)
-            for name in self.__slots__:
-                setattr(self, name, getattr(fresh, name))
+            # Out of UID order, or again (never in a listing as built).
+            self.add_many([MessageMeta(uid=uid, size=size, internaldate=internaldate, flags=flags,
+                                       filename=filename, message_id=message_id, size_verified=size_verified)])
             return
         self.uids.append(uid)
         self._sizes.append(size)

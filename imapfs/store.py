@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from cachetools import LRUCache, TTLCache
@@ -139,7 +138,8 @@ class MailStore:
         self._lookups_lock = threading.Lock()  # guards _lookups
         # folder -> a previous mount's listing while its first resync of this
         # mount is in flight (see shown_listing).
-        self._provisional: dict[str, _Provisional] = {}
+        # Only folders of generation 0 (nothing written there this mount) have one.
+        self._provisional: dict[str, Listing] = {}
         # (folders generation, the previous mount's folder list) while this mount's first LIST is in flight.
         self._provisional_folders: tuple[int, list[Folder]] | None = None
         self._provisional_lock = threading.Lock()  # guards _provisional, _provisional_folders
@@ -294,22 +294,23 @@ class MailStore:
         listing = self.listings.get(folder)
         if self._fresh(listing):
             return listing
-        generation = self.listings.generation(folder)
+        if listing is not None or self.disk is None or self.listings.generation(folder) != 0:
+            return self.listing(folder)
         with self._provisional_lock:
             held = self._provisional.get(folder)
-        if held is None and listing is None and self.disk is not None and generation == 0:
+        if held is None:
             stored = self.disk.listing(folder)
-            if stored is not None:
-                with self._provisional_lock:
-                    held = self._provisional.setdefault(folder, _Provisional(stored, generation))
-                if held.listing is stored:
-                    self._in_background(lambda: self._resync_quietly(folder, stored))
-        # Only while nothing of this mount's is in memory, and nothing was
-        # written there this mount (generation 0 then and now).
-        if (held is not None and listing is None and held.generation == generation == 0
-                and self.listings.generation(folder) == 0 and self.listings.get(folder) is None):
+            if stored is None:
+                return self.listing(folder)
+            with self._provisional_lock:
+                held = self._provisional.setdefault(folder, stored)
+            if held is stored:
+                self._in_background(lambda: self._resync_quietly(folder, stored))
+        # Checked again: a resync may have stored its listing, or a write
+        # moved the generation, while the disk was read.
+        if self.listings.get(folder) is None and self.listings.generation(folder) == 0:
             self._used(folder)
-            return held.listing
+            return held
         return self.listing(folder)
 
     def _resync_quietly(self, folder: str, stored: Listing) -> None:
@@ -320,7 +321,7 @@ class MailStore:
         finally:
             # A resync another thread finished meanwhile leaves this one's entry behind.
             with self._provisional_lock:
-                if (held := self._provisional.get(folder)) is not None and held.listing is stored:
+                if self._provisional.get(folder) is stored:
                     del self._provisional[folder]
 
     def _in_background(self, work: Callable[[], None]) -> None:
@@ -355,19 +356,19 @@ class MailStore:
             generation = self.listings.generation(folder)
             from_disk = False
             if listing is None and self.disk is not None:
-                # A previous mount's listing: stale, so it is resynchronised
-                # first (at the cost of what changed since); served as it is
-                # only while the server cannot be reached.
+                # A previous mount's listing, resynchronised at the cost of
+                # what changed since. Until then shown_listing may show it
+                # (generation 0 only); listing() serves it as it is only
+                # while the server cannot be reached.
                 if stored is None:
                     with self._provisional_lock:
-                        held = self._provisional.get(folder)
-                    stored = held.listing if held is not None and held.generation == generation else None
+                        stored = self._provisional.get(folder)
                 listing = stored if stored is not None else self.disk.listing(folder)
                 from_disk = listing is not None
             flag_changes: list[int] = []
             if listing is not None and from_disk and generation == 0:
                 with self._provisional_lock:
-                    self._provisional[folder] = _Provisional(listing, generation)
+                    self._provisional[folder] = listing
             try:
                 return self._resync_and_keep(folder, listing, from_disk, generation, flag_changes)
             finally:
@@ -684,8 +685,7 @@ class MailStore:
     def provisional_listing(self, folder: str) -> Listing | None:
         """The previous mount's listing while its first resync is in flight (see shown_listing)."""
         with self._provisional_lock:
-            held = self._provisional.get(folder)
-        return held.listing if held is not None else None
+            return self._provisional.get(folder)
 
     def fresh_listing(self, folder: str) -> Listing | None:
         """The listing if it is fresh (within listing_ttl, not marked stale), without asking the server."""
@@ -1526,14 +1526,6 @@ def _unchanged(listing: Listing, status: FolderStatus) -> bool:
     return (listing.highestmodseq is not None and status.highestmodseq == listing.highestmodseq
             and status.uidvalidity == listing.uidvalidity and status.uidnext == listing.uidnext
             and status.exists == len(listing.messages))
-
-
-@dataclass
-class _Provisional:
-    """A previous mount's listing while its first resync is in flight."""
-
-    listing: Listing
-    generation: int  # the folder's, when it was read: a write since means it is not shown
 
 
 def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:
