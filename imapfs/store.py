@@ -394,9 +394,10 @@ class MailStore:
             if from_disk:
                 self.listings.put(listing, generation)
             return listing
-        if listing is not None and fresh is not listing:
+        if listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
             # Sizes learnt on the old table while the resync ran (a read
-            # beside it) are kept: the fresh table was copied before.
+            # beside it) are kept: the fresh table was copied before. Under
+            # a new UIDVALIDITY the same UIDs are other messages.
             fresh.messages.take_verified_sizes(listing.messages)
         if from_disk and listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
             # It may have been shown (shown_listing): what went away, or

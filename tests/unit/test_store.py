@@ -140,6 +140,29 @@ def test_a_size_learnt_through_one_copy_is_the_listings_and_corrected_once(serve
     assert corrected == [first.filename]
 
 
+def test_a_recreated_folder_does_not_inherit_the_old_messages_sizes(server, store, clock):
+    # Deleted and recreated elsewhere: UIDs restart under a new UIDVALIDITY,
+    # so UID 1 is another message, and the size read of the old UID 1 is not
+    # its size (a kernel told so cuts the new one short).
+    server.create("F")
+    old, new = msg("same", b"OLD " * 50), msg("same", b"NEW " * 80)
+    server.add("F", old)
+    listing = store.listing("F")
+    assert store.read("F", listing.uidvalidity, listing.messages[1], 0, 1 << 16) == old
+    assert listing.messages[1].size_verified
+    corrected: list[str] = []
+    store.on_size_corrected = lambda folder, name, grew: corrected.append(name)
+    del server.mailboxes["F"]
+    server.create("F")
+    assert server.add("F", new) == 1
+    clock.now += 60
+    fresh = store.listing("F")
+    assert fresh.uidvalidity != listing.uidvalidity
+    assert fresh.messages[1].size == len(new)
+    assert store.read("F", fresh.uidvalidity, fresh.messages[1], 0, 1 << 16) == new
+    assert corrected == []
+
+
 def test_large_message_read_to_a_too_small_reported_end_learns_its_real_end(server, store):
     # The kernel's page cache never reads past the size it was told: reading
     # up to the reported end must be enough to find the real one.
