@@ -201,7 +201,10 @@ class MessageTable(Mapping[int, MessageMeta]):
 
     def copy(self) -> MessageTable:
         twin = MessageTable()
-        for name in self.__slots__:
+        # _verified before _sizes: set_size (a read in another thread) writes
+        # the size, then the flag, so a copy between the two never holds a
+        # reported size marked verified, only a real one not marked yet.
+        for name in ("_verified", *(slot for slot in MessageTable.__slots__ if slot != "_verified")):
             value = getattr(self, name)
             setattr(twin, name, value.copy() if isinstance(value, dict) else value[:])
         return twin

@@ -38,7 +38,7 @@ from imapfs.errors import (
     StaleMessage,
     WriteUncertain,
 )
-from imapfs.model import Folder, FolderStatus, Listing, MessageMeta
+from imapfs.model import Folder, FolderStatus, Listing, MessageMeta, MessageTable
 from imapfs.pool import ConnectionPool, Namespaces, Searched, Session, compact_uid_set
 from imapfs.readahead import ReadAhead
 from imapfs.spool import Literal
@@ -369,18 +369,30 @@ class MailStore:
             if listing is not None and from_disk and generation == 0:
                 with self._provisional_lock:
                     self._provisional[folder] = listing
+            stale_names: list[str] = []
             try:
-                return self._resync_and_keep(folder, listing, from_disk, generation, flag_changes)
+                return self._resync_and_keep(folder, listing, from_disk, generation, flag_changes, stale_names)
+            except NotFound:
+                if from_disk and self.disk is not None:
+                    # Deleted since the previous mount: shown from disk no more.
+                    self.disk.drop_folder(folder)
+                    stale_names += sorted(listing.filenames())
+                raise
             finally:
                 if from_disk:
                     # Dropped only now, with the fresh listing stored: a lookup
                     # in between would otherwise read the disk's again.
                     with self._provisional_lock:
                         self._provisional.pop(folder, None)
+                # Last: the kernel, told to forget, looks the names up again
+                # at once, and must find only the fresh listing by then.
+                self._names_changed(folder, stale_names)
 
     def _resync_and_keep(self, folder: str, listing: Listing | None, from_disk: bool, generation: int,
-                         flag_changes: list[int]) -> Listing:
-        """listing()'s work under the folder's sync lock: resync, and keep what came of it."""
+                         flag_changes: list[int], stale_names: list[str]) -> Listing:
+        """listing()'s work under the folder's sync lock: resync, and keep
+        what came of it. stale_names gets the names the kernel may hold
+        wrongly now, for listing() to tell once nothing shows them."""
         try:
             fresh = self.pool.run(lambda s: self._sync(s, folder, listing, flag_changes))
         except ServerUnavailable as exc:
@@ -394,17 +406,19 @@ class MailStore:
             if from_disk:
                 self.listings.put(listing, generation)
             return listing
+        if listing is not None and fresh.uidvalidity != listing.uidvalidity:
+            stale_names += sorted(listing.filenames())  # the folder was recreated: every name
+        elif from_disk and listing is not None and fresh is not listing:
+            # It may have been shown (shown_listing): what went away, or
+            # changed its name (a Maildir's flags), is forgotten.
+            shown = listing.messages
+            moved = listing.messages.uids_not_in(fresh.messages) + flag_changes
+            stale_names += sorted({shown[uid].filename for uid in moved if uid in shown})
         if listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
             # Sizes learnt on the old table while the resync ran (a read
             # beside it) are kept: the fresh table was copied before. Under
             # a new UIDVALIDITY the same UIDs are other messages.
             fresh.messages.take_verified_sizes(listing.messages)
-        if from_disk and listing is not None and fresh is not listing and fresh.uidvalidity == listing.uidvalidity:
-            # It may have been shown (shown_listing): what went away, or
-            # changed its name (a Maildir's flags), is forgotten.
-            shown = listing.messages
-            moved = listing.messages.uids_not_in(fresh.messages) + flag_changes
-            self._names_changed(folder, sorted({shown[uid].filename for uid in moved if uid in shown}))
         if fresh is listing:
             # Unchanged on the server (one EXAMINE said so): the same object, so
             # the directory entries built from it are served again as they are.
@@ -461,7 +475,10 @@ class MailStore:
         try:
             for name in folders:
                 lock = self._sync_lock(name)
-                if self.listings.get(name) is None and lock.acquire(blocking=False):
+                # A folder shown from disk is left to its own resync, which
+                # tells the kernel what went away.
+                if (self.listings.get(name) is None and self.provisional_listing(name) is None
+                        and lock.acquire(blocking=False)):
                     held.append((name, lock, self.listings.generation(name)))
             if not held:
                 return
@@ -529,9 +546,11 @@ class MailStore:
         if old is not None and _unchanged(old, status):
             return old  # listing() confirms it as it is: nothing rebuilt, nothing copied
         if old is not None and old.uidvalidity != status.uidvalidity:
+            # Every old name is forgotten once the fresh listing is stored
+            # (_resync_and_keep): told now, a lookup meanwhile would teach the
+            # kernel the old listing again.
             log.info("UIDVALIDITY of %r changed (%s -> %s): dropping what was cached",
                      folder, old.uidvalidity, status.uidvalidity)
-            self._names_changed(folder, sorted(old.filenames()))
             old = None
         listing = Listing(folder=folder, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
                           highestmodseq=status.highestmodseq)
@@ -863,7 +882,7 @@ class MailStore:
         if row is not None and row.size_verified and not meta.size_verified:
             meta.size, meta.size_verified = row.size, True
         before = (meta.size, meta.size_verified)
-        self._learn_size(meta, real_size, folder)
+        self._learn_size(meta, real_size, folder, table)
         if (meta.size, meta.size_verified) != before:
             if table is not None:
                 table.set_size(meta.uid, meta.size, meta.size_verified)
@@ -956,12 +975,19 @@ class MailStore:
             self._spans[message] = (index + span - 1, span)
         return span
 
-    def _learn_size(self, meta: MessageMeta, real_size: int, folder: str | None = None) -> None:
+    def _learn_size(self, meta: MessageMeta, real_size: int, folder: str | None = None,
+                    table: MessageTable | None = None) -> None:
+        """meta's size is real_size, verified; a change is counted and told
+        (on_size_corrected) only once table (the listing's) shows it: the
+        kernel, told to forget, asks again at once."""
         if meta.size != real_size:
             log.warning("server said UID %d has %d bytes, it has %d; showing the real size",
                         meta.uid, meta.size, real_size)
             grew = real_size > meta.size
             meta.size = real_size
+            meta.size_verified = True
+            if table is not None:
+                table.set_size(meta.uid, real_size, True)
             self.size_epoch += 1
             if folder is not None and self.on_size_corrected is not None:
                 self.on_size_corrected(folder, meta.filename, grew)

@@ -299,10 +299,18 @@ def test_a_lookup_while_a_resync_stores_its_listing_leaves_no_old_listing_behind
     store = mount(server, directory, connections=3)
     store.folders()
     seen: list[int] = []
-    # Between the resync's answer and its listing being stored, a lookup comes.
-    store.on_names_changed = lambda folder, names: seen.append(len(store.shown_listing(folder).messages))
+    put = store.listings.put
+
+    def a_lookup_first(listing, generation):
+        # Between the resync's answer and its listing being stored, a lookup comes.
+        seen.append(len(store.shown_listing(listing.folder).messages))
+        return put(listing, generation)
+    store.listings.put = a_lookup_first
+    forgotten_then: list[int] = []
+    store.on_names_changed = lambda folder, names: forgotten_then.append(len(store.shown_listing(folder).messages))
     assert len(store.listing("INBOX").messages) == 9
     assert seen == [10]  # it was shown the previous listing, then
+    assert forgotten_then == [9]  # the kernel told to forget once the fresh listing is what a lookup gets
     assert store.provisional_listing("INBOX") is None  # nothing of it is left to be shown later
     store.invalidate("INBOX")
     assert len(store.shown_listing("INBOX").messages) == 9
