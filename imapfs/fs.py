@@ -62,6 +62,30 @@ XATTR_UIDVALIDITY = "user.imap.uidvalidity"
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 # How long after a READ found a message shorter than its RFC822.SIZE the kernel is told (see size_corrected).
 SHRINK_NOTICE_SECONDS = 1.0
+# At most this long a READ that found its message longer than told waits
+# for the kernel to take the notice before it answers (see _await_notice).
+GROWTH_NOTICE_WAIT_SECONDS = 0.2
+
+
+class _Notice:
+    """A notice for the forgetter that a READ waits on: `entered` is set
+    just before the forgetter hands it to the kernel, `done` once it has."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.entered = threading.Event()
+        self.done = False
+
+
+def _thread_state(tid: int) -> str:
+    """One thread's scheduler state of this process ("R", "S", "D", ...), "" if unknown."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as stat_file:
+            line = stat_file.read()
+    except OSError:
+        return ""
+    after_name = line.rfind(b")")  # the thread's name may hold spaces and parentheses
+    return line[after_name + 2:after_name + 3].decode("ascii", "replace") if after_name != -1 else ""
 
 
 def errno_for(exc: BaseException) -> int:
@@ -237,8 +261,10 @@ class ImapFS(fuse.Operations):
         # The same for derived files: (key, size) last told at each path, and the key last opened there.
         self._told_derived: LRUCache[str, tuple[Any, int]] = LRUCache(maxsize=100_000)
         self._opened_derived: LRUCache[str, Any] = LRUCache(maxsize=100_000)
-        # (when, paths) for the kernel to forget, from time.monotonic() on; None ends the forgetter.
-        self._forget_queue: queue.SimpleQueue[tuple[float, list[str]] | None] = queue.SimpleQueue()
+        # (when, paths or a notice) for the kernel to forget, from time.monotonic() on; None ends the forgetter.
+        self._forget_queue: queue.SimpleQueue[tuple[float, list[str] | _Notice] | None] = queue.SimpleQueue()
+        # Notices of growth this thread queued while serving a READ (see size_corrected).
+        self._grown_here = threading.local()
         self._forgetter: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------
@@ -258,7 +284,7 @@ class ImapFS(fuse.Operations):
 
     # --- changes made elsewhere -------------------------------------------
     def _forget_loop(self) -> None:
-        waiting: list[tuple[float, int, list[str]]] = []  # heap of notices due later
+        waiting: list[tuple[float, int, list[str] | _Notice]] = []  # heap of notices due later
         order = itertools.count()
         while True:
             timeout = max(0.0, waiting[0][0] - time.monotonic()) if waiting else None
@@ -272,10 +298,18 @@ class ImapFS(fuse.Operations):
             if paths:
                 heapq.heappush(waiting, (due, next(order), paths))
             while waiting and waiting[0][0] <= time.monotonic():
+                due_now = heapq.heappop(waiting)[2]
                 try:
-                    self._kernel_forget(heapq.heappop(waiting)[2])
+                    if isinstance(due_now, _Notice):
+                        due_now.entered.set()
+                        self._kernel_forget(due_now.paths)
+                    else:
+                        self._kernel_forget(due_now)
                 except Exception:
                     log.exception("kernel invalidation failed")
+                finally:
+                    if isinstance(due_now, _Notice):
+                        due_now.done = True
 
     def names_changed(self, folder: str, filenames: list[str]) -> None:
         """The store learnt that the kernel may hold wrong attributes for these
@@ -307,8 +341,40 @@ class ImapFS(fuse.Operations):
         reply stops it doing so (the attribute version moved) and leaves the
         page's zero fill visible as NUL bytes. Told a moment later, the notice
         still corrects the size of a file the kernel has not read yet."""
+        if grew and self.kernel_opens and self._forgetter is not None:
+            # Found by a READ the kernel sent of its own (no open reached
+            # us): that READ waits for the notice (see _await_notice).
+            paths = self._paths_of(folder, [filename], directories=False)
+            if paths:
+                notice = _Notice(paths)
+                self._forget_queue.put((0.0, notice))
+                grown = getattr(self._grown_here, "notices", None)
+                if grown is not None:
+                    grown.append(notice)
+            return
         later = 0.0 if grew or not self.kernel_opens else time.monotonic() + SHRINK_NOTICE_SECONDS
         self._forget_later(folder, [filename], later)
+
+    def _await_notice(self, notices: list[_Notice]) -> None:
+        """A READ the kernel sent of its own found the message longer than
+        the size the kernel holds; the kernel copies out no byte past that
+        size, so this read ends short. The next read(2) past that size asks
+        for the size again only if the kernel's attributes are invalid by
+        then: so before answering, wait until the forgetter's notice has
+        invalidated them. The notice invalidates the attributes first and
+        then waits for the pages this READ holds locked (uninterruptible
+        sleep, state D): seeing the forgetter so, or done, is enough. A
+        short bounded wait: at worst the read ends short, as it would have."""
+        deadline = time.monotonic() + GROWTH_NOTICE_WAIT_SECONDS
+        forgetter = self._forgetter
+        tid = forgetter.native_id if forgetter is not None else None
+        for notice in notices:
+            if not notice.entered.wait(max(0.0, deadline - time.monotonic())):
+                return
+            while not notice.done and time.monotonic() < deadline:
+                if tid is not None and _thread_state(tid) == "D":
+                    break
+                time.sleep(0.0005)
 
     def _kernel_forget(self, paths: list[str]) -> None:
         """Make the kernel drop cached names, attributes and pages for paths.
@@ -687,7 +753,13 @@ class ImapFS(fuse.Operations):
             if isinstance(node, DerivedFile):
                 return node.read(offset, size)
             ref = self._message(path)
-            return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
+            self._grown_here.notices = grown = []
+            try:
+                return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
+            finally:
+                self._grown_here.notices = None
+                if grown:
+                    self._await_notice(grown)
         handle = self._handle(fi)
         if isinstance(handle, DerivedReadHandle):
             return handle.node.read(offset, size)
