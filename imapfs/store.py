@@ -59,6 +59,7 @@ METADATA_ITEMS = ["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", HEADER_FIELDS]
 # trip per 128 KiB either.
 WHOLE_LIMIT = 1 << 20
 CHUNK_SIZE = 128 * 1024
+MAX_UID = 2**32 - 1  # RFC 3501's nz-number: what a listing's UID column holds
 MAX_SPAN_CHUNKS = 32
 # BODYSTRUCTURE is a few hundred bytes per part; more than this is not a real message's.
 STRUCTURE_LITERAL_LIMIT = 1 << 20
@@ -325,8 +326,14 @@ class MailStore:
                     del self._provisional[folder]
 
     def _in_background(self, work: Callable[[], None]) -> None:
-        """work on one of the workers (see _in_parallel), not waited for."""
-        self._worker_pool().submit(work)
+        """work on one of the workers (see _in_parallel), not waited for:
+        what it raises is logged (nobody else would see it)."""
+        def logged() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("work in the background failed")
+        self._worker_pool().submit(logged)
 
     def _worker_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._searches_lock:
@@ -1561,6 +1568,10 @@ def _meta_from_fetch(uid: int, data: dict[bytes, Any]) -> MessageMeta | None:
         when = data[b"INTERNALDATE"]
     except KeyError:
         log.warning("server sent incomplete metadata for UID %d; skipping it", uid)
+        return None
+    if not 0 < uid <= MAX_UID or size < 0:
+        # A listing's columns hold no other: skipped, so the rest of the folder is still shown.
+        log.warning("server sent UID %d with size %d, impossible; skipping it", uid, size)
         return None
     internaldate = when.timestamp() if hasattr(when, "timestamp") else 0.0
     header = b""

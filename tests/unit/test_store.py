@@ -163,6 +163,18 @@ def test_a_recreated_folder_does_not_inherit_the_old_messages_sizes(server, stor
     assert corrected == []
 
 
+def test_impossible_uids_and_sizes_are_skipped_and_the_rest_listed(server, store, caplog):
+    # A server that lies: a negative RFC822.SIZE, a UID past 32 bits. The
+    # listing shows the other messages, and says what it skipped.
+    server.add("INBOX", msg("fine"))
+    server.add("INBOX", msg("negative"), reported_size=-5)
+    server.mailboxes["INBOX"].uidnext = 2**32
+    server.add("INBOX", msg("too far"))
+    listing = store.listing("INBOX")
+    assert sorted(listing.messages) == [1]
+    assert "impossible" in caplog.text
+
+
 def test_large_message_read_to_a_too_small_reported_end_learns_its_real_end(server, store):
     # The kernel's page cache never reads past the size it was told: reading
     # up to the reported end must be enough to find the real one.
