@@ -13,7 +13,7 @@ import pytest
 from imapfs.cache import DiskCache
 from imapfs.config import Options
 from imapfs.errors import NotFound
-from imapfs.model import MessageMeta, MessageTable
+from imapfs.model import Listing, MessageMeta, MessageTable
 from imapfs.store import CHUNK_SIZE, WHOLE_LIMIT, MailStore
 from tests.unit.fakes import FakePool, FakeServer
 
@@ -26,12 +26,13 @@ def mount(server, directory, **options) -> MailStore:
     return MailStore(FakePool(server), Options(**options), disk=DiskCache.open(directory, 64 * MiB))
 
 
-def listed_once(server, directory, folder: str) -> None:
+def listed_once(server, directory, folder: str) -> Listing:
     """A previous mount that listed folder (its listing is on disk)."""
     first = mount(server, directory)
     first.folders()
-    first.listing(folder)
+    listing = first.listing(folder)
     first.close()
+    return listing
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ def test_a_size_learnt_while_the_resync_tells_the_kernel_is_kept(directory):
     liar = server.add("INBOX", real, reported_size=10)
     for i in range(3):
         server.add("INBOX", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
-    listed_once(server, directory, "INBOX")
+    liar_name = listed_once(server, directory, "INBOX").messages[liar].filename
     server.expunge("INBOX", 2)  # something for the resync to report gone
 
     store = mount(server, directory, connections=3)
@@ -107,13 +108,13 @@ def test_a_size_learnt_while_the_resync_tells_the_kernel_is_kept(directory):
         # expired): a read of the liar meanwhile must learn its real size on
         # the listing that is kept, not on the one being replaced.
         try:
-            uidvalidity, meta = store.message("INBOX", shown.messages[liar].filename)
+            uidvalidity, meta = store.message("INBOX", liar_name)
             assert store.read("INBOX", uidvalidity, meta, 0, 4096) == real
         finally:
             read_done.set()
 
     store.on_names_changed = a_read_meanwhile
-    shown = store.shown_listing("INBOX")  # provisional, its resync queued
+    store.shown_listing("INBOX")  # provisional, its resync queued
     fresh = store.listing("INBOX")
     assert read_done.wait(5)
     assert 2 not in fresh.messages
