@@ -254,7 +254,12 @@ class MailStore:
             except ImapFSError as exc:
                 log.debug("resynchronising %r at mount failed: %s", folder, exc)
 
-        self._in_parallel(resync, wanted)
+        # Not on the workers searches use: 64 resyncs queued there would
+        # make a search (or a shown folder's own resync) right after
+        # mounting wait behind them all. Half the spare connections at most.
+        width = max(1, (self.options.connections - 1) // 2)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=width, thread_name_prefix="imapfs-remount") as resyncs:
+            list(resyncs.map(resync, wanted))
 
     def relist_after_miss(self) -> bool:
         """A path that names no folder was looked up: fetch the folder list

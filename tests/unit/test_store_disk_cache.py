@@ -4,6 +4,7 @@ cache directory) costs what changed while unmounted, counted at the pool."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -371,3 +372,47 @@ def test_a_remounts_folder_list_is_shown_at_once_and_replaced_when_the_server_di
         threading.Event().wait(0.05)
     assert replaced == [(["INBOX"], ["Archive"])]
     assert [f.name for f in store.folders()] == ["Archive"]
+
+
+def test_remount_resyncs_leave_the_workers_to_searches(directory):
+    # Right after mounting, up to 64 stored folders are resynced in the
+    # background; a search (or the resync of a folder someone looks at) asked
+    # for meanwhile must not wait behind them all: here they never answer.
+    server = FakeServer(WITH_QRESYNC)
+    for i in range(10):
+        server.create(f"F{i}")
+        server.add(f"F{i}", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
+    first = mount(server, directory)
+    first.folders()
+    for i in range(10):
+        first.listing(f"F{i}")
+    first.close()
+    store = mount(server, directory, connections=4)
+    store.folders()
+    stalled, release, searching = threading.Event(), threading.Event(), threading.local()
+    run = store.pool.run
+
+    def remount_resyncs_stall(work):
+        if not getattr(searching, "now", False):
+            stalled.set()
+            assert release.wait(10)
+        return run(work)
+    store.pool.run = remount_resyncs_stall
+    resyncs = threading.Thread(target=store._resync_remounted)
+    resyncs.start()
+    try:
+        assert stalled.wait(5)
+        time.sleep(0.2)  # every resync queued by now
+        searched = threading.Event()
+
+        def search():
+            searching.now = True
+            store.pool.run(lambda s: s.noop())
+            searched.set()
+        store._in_background(search)
+        assert searched.wait(5), "work asked for after mounting waited behind the remount resyncs"
+    finally:
+        release.set()
+        resyncs.join(10)
+    assert not resyncs.is_alive()
+    assert all(store.cached_listing(f"F{i}") is not None for i in range(10))
