@@ -68,12 +68,16 @@ GROWTH_NOTICE_WAIT_SECONDS = 0.2
 
 
 class _Notice:
-    """A notice for the forgetter that a READ waits on: `entered` is set
-    just before the forgetter hands it to the kernel, `done` once it has."""
+    """A message's new size, for the forgetter to tell the kernel path by
+    path, and for a READ of one of those paths to wait on (_await_notice):
+    `current` is the path being handed to the kernel, `passed` those it
+    has taken; `entered` is set when the forgetter starts on it."""
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = paths
         self.entered = threading.Event()
+        self.current: str | None = None
+        self.passed: set[str] = set()
         self.done = False
 
 
@@ -263,8 +267,8 @@ class ImapFS(fuse.Operations):
         self._opened_derived: LRUCache[str, Any] = LRUCache(maxsize=100_000)
         # (when, paths or a notice) for the kernel to forget, from time.monotonic() on; None ends the forgetter.
         self._forget_queue: queue.SimpleQueue[tuple[float, list[str] | _Notice] | None] = queue.SimpleQueue()
-        # Notices of growth this thread queued while serving a READ (see size_corrected).
-        self._grown_here = threading.local()
+        # path -> the notice of its message's growth not yet taken by the kernel (see size_corrected).
+        self._growth_notices: dict[str, _Notice] = {}
         self._forgetter: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------
@@ -301,15 +305,11 @@ class ImapFS(fuse.Operations):
                 due_now = heapq.heappop(waiting)[2]
                 try:
                     if isinstance(due_now, _Notice):
-                        due_now.entered.set()
-                        self._kernel_forget(due_now.paths)
+                        self._tell_growth(due_now)
                     else:
                         self._kernel_forget(due_now)
                 except Exception:
                     log.exception("kernel invalidation failed")
-                finally:
-                    if isinstance(due_now, _Notice):
-                        due_now.done = True
 
     def names_changed(self, folder: str, filenames: list[str]) -> None:
         """The store learnt that the kernel may hold wrong attributes for these
@@ -342,39 +342,56 @@ class ImapFS(fuse.Operations):
         page's zero fill visible as NUL bytes. Told a moment later, the notice
         still corrects the size of a file the kernel has not read yet."""
         if grew and self.kernel_opens and self._forgetter is not None:
-            # Found by a READ the kernel sent of its own (no open reached
-            # us): that READ waits for the notice (see _await_notice).
+            # The kernel reads such a file with no open reaching us: a READ
+            # of it waits for this notice (see _await_notice), whether it
+            # found the size itself or read-ahead did.
             paths = self._paths_of(folder, [filename], directories=False)
             if paths:
                 notice = _Notice(paths)
+                with self._state_lock:
+                    for path in paths:
+                        self._growth_notices[path] = notice
                 self._forget_queue.put((0.0, notice))
-                grown = getattr(self._grown_here, "notices", None)
-                if grown is not None:
-                    grown.append(notice)
             return
         later = 0.0 if grew or not self.kernel_opens else time.monotonic() + SHRINK_NOTICE_SECONDS
         self._forget_later(folder, [filename], later)
 
-    def _await_notice(self, notices: list[_Notice]) -> None:
-        """A READ the kernel sent of its own found the message longer than
-        the size the kernel holds; the kernel copies out no byte past that
-        size, so this read ends short. The next read(2) past that size asks
+    def _tell_growth(self, notice: _Notice) -> None:
+        """The forgetter's part of a growth notice: path by path, so that a
+        READ waiting on it knows when its own inode's turn has come."""
+        notice.entered.set()
+        try:
+            for path in notice.paths:
+                notice.current = path
+                self._kernel_forget([path])
+                notice.passed.add(path)
+        finally:
+            notice.done = True
+            with self._state_lock:
+                for path in notice.paths:
+                    if self._growth_notices.get(path) is notice:
+                        del self._growth_notices[path]
+
+    def _await_notice(self, notice: _Notice, path: str) -> None:
+        """A READ the kernel sent of its own is of a message found longer
+        than the size the kernel holds (by this READ or by read-ahead); the
+        kernel copies out no byte past that size, so this read ends short. The next read(2) past that size asks
         for the size again only if the kernel's attributes are invalid by
         then: so before answering, wait until the forgetter's notice has
         invalidated them. The notice invalidates the attributes first and
         then waits for the pages this READ holds locked (uninterruptible
-        sleep, state D): seeing the forgetter so, or done, is enough. A
-        short bounded wait: at worst the read ends short, as it would have."""
+        sleep, state D): seeing the forgetter so on this path, or past it,
+        is enough. A short bounded wait: at worst the read ends short, as it
+        would have."""
         deadline = time.monotonic() + GROWTH_NOTICE_WAIT_SECONDS
         forgetter = self._forgetter
         tid = forgetter.native_id if forgetter is not None else None
-        for notice in notices:
-            if not notice.entered.wait(max(0.0, deadline - time.monotonic())):
+        if not notice.entered.wait(GROWTH_NOTICE_WAIT_SECONDS):
+            return
+        while path not in notice.passed and not notice.done and time.monotonic() < deadline:
+            if notice.current == path and tid is not None and _thread_state(tid) == "D":
                 return
-            while not notice.done and time.monotonic() < deadline:
-                if tid is not None and _thread_state(tid) == "D":
-                    break
-                time.sleep(0.0005)
+            time.sleep(0.0005)
 
     def _kernel_forget(self, paths: list[str]) -> None:
         """Make the kernel drop cached names, attributes and pages for paths.
@@ -753,13 +770,14 @@ class ImapFS(fuse.Operations):
             if isinstance(node, DerivedFile):
                 return node.read(offset, size)
             ref = self._message(path)
-            self._grown_here.notices = grown = []
             try:
                 return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
             finally:
-                self._grown_here.notices = None
-                if grown:
-                    self._await_notice(grown)
+                if self._growth_notices:
+                    with self._state_lock:
+                        notice = self._growth_notices.get(path)
+                    if notice is not None:
+                        self._await_notice(notice, path)
         handle = self._handle(fi)
         if isinstance(handle, DerivedReadHandle):
             return handle.node.read(offset, size)

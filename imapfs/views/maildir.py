@@ -438,5 +438,19 @@ class MaildirView(View):
         return [directory, (*directory, "cur"), (*directory, "new")]
 
     def message_paths(self, folder: Folder, filenames: list[str]) -> list[Parts]:
-        # Names here carry flags, so the directories are forgotten whole.
-        return self.folder_paths(folder)[1:] if filenames else []
+        # Names here carry flags, so the directories are forgotten whole;
+        # and each message's file under the name it has now (its inode
+        # holds the size a correction changes).
+        if not filenames:
+            return []
+        directories = self.folder_paths(folder)
+        listing = self.store.cached_listing(folder.name) or self.store.provisional_listing(folder.name)
+        files: list[Parts] = []
+        if listing is not None:
+            for filename in filenames:
+                uid = names.uid_from_filename(filename)
+                meta = listing.messages.get(uid) if uid is not None else None
+                if meta is not None:
+                    role = "new" if self._in_new(folder.name, listing.uidvalidity, meta) else "cur"
+                    files.append((*directories[0], role, self._name(folder.name, listing.uidvalidity, meta)))
+        return [*files, *directories[1:]]
