@@ -83,6 +83,11 @@ class NotFound(ImapFSError):
     """No such folder or message."""
 
 
+class FolderGone(NotFound):
+    """The folder itself does not exist on the server (its EXAMINE said so),
+    not merely a message in it."""
+
+
 class StaleMessage(NotFound):
     """The folder was recreated (UIDVALIDITY changed) since the object was looked up."""
 

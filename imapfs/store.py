@@ -26,6 +26,7 @@ from imapfs.cache import BodyCache, DiskCache, ListingCache
 from imapfs.config import Options
 from imapfs.errors import (
     AlreadyExists,
+    FolderGone,
     ImapFSError,
     InvalidQuery,
     NotEmpty,
@@ -384,7 +385,7 @@ class MailStore:
             stale_names: list[str] = []
             try:
                 return self._resync_and_keep(folder, listing, from_disk, generation, flag_changes, stale_names)
-            except NotFound:
+            except FolderGone:
                 if from_disk and self.disk is not None:
                     # Deleted since the previous mount: shown from disk no more.
                     self.disk.drop_folder(folder)
@@ -507,6 +508,8 @@ class MailStore:
                         listing.add(meta)
                 if len(listing.messages) != status.exists:
                     continue  # changed meanwhile: the foreground lists it as usual
+                if self.provisional_listing(name) is not None:
+                    continue  # shown from disk meanwhile: its own resync tells the kernel what went away
                 listing.synced_at = self._clock()
                 listing.changed_ns = self.started_ns if not self.listings.seen_before(name) else time.time_ns()
                 if self.listings.put(listing, generation):
@@ -554,7 +557,14 @@ class MailStore:
         if flag_changes is None:
             flag_changes = []
         del flag_changes[:]  # a retried attempt starts over
-        status = session.select(folder, readonly=True)
+        try:
+            status = session.select(folder, readonly=True)
+        except FolderGone:
+            raise
+        except NotFound as exc:
+            # Told apart from a message gone between two commands (an
+            # EXPUNGEISSUED refusal of a FETCH is a NotFound too).
+            raise FolderGone(str(exc)) from exc
         if old is not None and _unchanged(old, status):
             return old  # listing() confirms it as it is: nothing rebuilt, nothing copied
         if old is not None and old.uidvalidity != status.uidvalidity:

@@ -2,20 +2,23 @@
 resync, a read and a notice overlap: each test is a race a review of the
 remount work found (a lookup served the old listing after the notice, a
 size told before the listing held it, a torn table copy, a walk listing a
-folder shown from disk, a deleted folder shown from disk again)."""
+folder shown from disk, a deleted folder shown from disk again, a message
+refused during a resync taken for the folder gone)."""
 
 from __future__ import annotations
 
 import threading
 
+import imapclient.exceptions
 import pytest
 
 from imapfs.cache import DiskCache
 from imapfs.config import Options
 from imapfs.errors import NotFound
 from imapfs.model import Listing, MessageMeta, MessageTable
+from imapfs.pool import translate
 from imapfs.store import CHUNK_SIZE, WHOLE_LIMIT, MailStore
-from tests.unit.fakes import FakePool, FakeServer
+from tests.unit.fakes import FakePool, FakeServer, FakeSession
 
 WITH_QRESYNC = ("IMAP4REV1", "MOVE", "UIDPLUS", "CONDSTORE", "QRESYNC", "UNSELECT")
 MiB = 1024 * 1024
@@ -33,6 +36,21 @@ def listed_once(server, directory, folder: str) -> Listing:
     listing = first.listing(folder)
     first.close()
     return listing
+
+
+def remounted_with_uid_3_expunged(directory) -> tuple[MailStore, Listing, list[str]]:
+    """A remount of five messages, UID 3 expunged since; the names the store
+    tells the kernel to forget are collected."""
+    server = FakeServer(WITH_QRESYNC)
+    for i in range(5):
+        server.add("INBOX", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
+    before = listed_once(server, directory, "INBOX")
+    server.expunge("INBOX", 3)
+    store = mount(server, directory, connections=3)
+    store.folders()
+    forgotten: list[str] = []
+    store.on_names_changed = lambda folder, names: forgotten.extend(names)
+    return store, before, forgotten
 
 
 @pytest.fixture
@@ -177,19 +195,7 @@ def test_a_large_message_whose_size_a_copy_caught_halfway_is_served_whole(direct
 
 # --- 4. the walk prefetch leaves a folder shown from disk to its resync
 def test_a_walk_prefetch_of_a_shown_folder_tells_the_kernel_what_went_away(directory):
-    server = FakeServer(WITH_QRESYNC)
-    for i in range(5):
-        server.add("INBOX", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
-    first = mount(server, directory)
-    first.folders()
-    before = first.listing("INBOX")
-    first.close()
-    server.expunge("INBOX", 3)
-
-    store = mount(server, directory, connections=3)
-    store.folders()
-    forgotten: list[str] = []
-    store.on_names_changed = lambda folder, names: forgotten.extend(names)
+    store, before, forgotten = remounted_with_uid_3_expunged(directory)
     queued = []
     store._in_background = queued.append  # the workers busy with the 64 remount resyncs
     shown = store.shown_listing("INBOX")
@@ -241,3 +247,62 @@ def test_when_the_kernel_hears_of_a_corrected_size_the_listing_already_shows_it(
     store.on_size_corrected = told
     store.read("INBOX", listing.uidvalidity, listing.messages[uid], 0, 4096)
     assert seen == [(True, len(real), True, 1)], seen
+
+
+# --- 7. a message refused mid-resync is not the folder gone; a walk during an ls
+def test_a_fetch_refused_expungeissued_during_a_remount_resync_keeps_the_folder_on_disk(directory):
+    """The folder still exists; only a message went away between UID SEARCH
+    and UID FETCH (another client expunged it), which pool.translate makes
+    a NotFound too: the folder's listing and bodies stay on disk."""
+    server = FakeServer(WITH_QRESYNC)
+    for i in range(3):
+        server.add("INBOX", f"Subject: m{i}\r\n\r\nbody {i}\r\n".encode())
+    first = mount(server, directory)
+    first.folders()
+    listing = first.listing("INBOX")
+    assert first.read("INBOX", listing.uidvalidity, listing.messages[1], 0, 4096)  # body now on disk
+    first.close()
+    server.add("INBOX", b"Subject: new\r\n\r\nnew\r\n")  # the resync fetches this one's metadata
+
+    store = mount(server, directory, connections=3)
+    store.folders()
+    refusal = translate(imapclient.exceptions.IMAPClientError(
+        "fetch failed: [EXPUNGEISSUED] Some of the requested messages no longer exist"))
+    assert isinstance(refusal, NotFound)
+    real_fetch = store._fetch_metadata
+    calls = []
+
+    def refused_once(session, listing, uids):
+        calls.append(uids)
+        if len(calls) == 1 and uids:
+            raise refusal
+        return real_fetch(session, listing, uids)
+    store._fetch_metadata = refused_once
+    with pytest.raises(NotFound):
+        store.listing("INBOX", background=True)  # the remount's resync
+    assert "INBOX" in server.mailboxes
+    assert store.disk.listing("INBOX") is not None, "the folder's listing was dropped from disk"
+    assert store.disk.get_body(("INBOX", listing.uidvalidity, 1)) is not None, "its bodies too"
+
+
+def test_a_folder_shown_from_disk_while_a_walk_lists_it_ahead_still_has_its_gone_names_forgotten(
+        directory, monkeypatch):
+    """An ls during a walk's round trip shows the disk listing (with a
+    message expunged since): the walk leaves the folder to that listing's
+    resync, which tells the kernel to forget the expunged name."""
+    store, before, forgotten = remounted_with_uid_3_expunged(directory)
+    queued = []
+    store._in_background = queued.append
+    shown = []
+    real = FakeSession.fetch_each_folder
+
+    def an_ls_meanwhile(self, folders, *args, **kwargs):
+        shown.append(store.shown_listing("INBOX"))
+        return real(self, folders, *args, **kwargs)
+    monkeypatch.setattr(FakeSession, "fetch_each_folder", an_ls_meanwhile)
+    store._list_small(["INBOX"])
+    for work in queued:
+        work()
+    assert 3 in shown[0].messages  # the kernel was shown the expunged message's name
+    assert 3 not in store.shown_listing("INBOX").messages
+    assert before.messages[3].filename in forgotten, "nobody tells the kernel to forget it"
