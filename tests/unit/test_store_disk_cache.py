@@ -403,14 +403,18 @@ def test_remount_resyncs_leave_the_workers_to_searches(directory):
     try:
         assert stalled.wait(5)
         time.sleep(0.2)  # every resync queued by now
-        searched = threading.Event()
+        searched, failed = threading.Event(), []
 
         def search():
             searching.now = True
-            store.pool.run(lambda s: s.noop())
+            try:
+                store.pool.run(lambda s: s.noop())
+            except Exception as exc:  # shown by the assertion below, not lost in the worker
+                failed.append(repr(exc))
             searched.set()
         store._in_background(search)
         assert searched.wait(5), "work asked for after mounting waited behind the remount resyncs"
+        assert not failed
     finally:
         release.set()
         resyncs.join(10)
