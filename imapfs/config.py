@@ -37,7 +37,8 @@ class Options:
     ro: bool = _opt(False, "read-only mount: every write fails with EROFS")
     fast_open: bool = _opt(True, "with ro: the kernel opens, reads (from its page cache) and closes messages "
                            "without asking imapfs, so a warm grep -r runs at near-local speed; a message whose "
-                           "size the server understates may then read short once, until imapfs corrects it")
+                           "size the server understates still reads whole to a reader that reads to the end "
+                           "(cat, grep, cp), but one that reads only the size stat gave may stop there once")
     ca_file: str | None = _opt(None, "PEM file of CA certificates to trust instead of the system store")
     password_command: str | None = _opt(None, "shell command whose first output line is the password")
     oauth2_token_command: str | None = _opt(None, "shell command whose first output line is an OAuth2 access "
