@@ -476,6 +476,11 @@ class ImapFS(fuse.Operations):
     def _message(self, path: str) -> MessageRef:
         """The stored message at path (also under a name it was just written as)."""
         view, _, node = self._locate(path)
+        return self._message_at(path, view, node)
+
+    @staticmethod
+    def _message_at(path: str, view: View, node: Node) -> MessageRef:
+        """The stored message behind node, located at path in view."""
         if isinstance(node, DirNode):
             raise refuse(errno.EISDIR)
         ref = view.message(node)
@@ -766,10 +771,10 @@ class ImapFS(fuse.Operations):
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         if not fi.fh:  # opened by the kernel alone (kernel_opens): no handle, the path says it all
-            node = self._resolve(path)
+            view, _, node = self._locate(path)  # once: every READ of a -o ro mount comes here
             if isinstance(node, DerivedFile):
                 return node.read(offset, size)
-            ref = self._message(path)
+            ref = self._message_at(path, view, node)
             try:
                 return self.store.read(ref.folder.name, ref.uidvalidity, ref.meta, offset, size)
             finally:
