@@ -143,7 +143,19 @@ class SearchView(View):
         ref = _message_in(result, parent, parts[-1])
         if ref is None:
             raise NotFound("/".join(parts))
-        return ref
+        return self._current(ref)
+
+    def _current(self, ref: MessageRef) -> MessageRef:
+        """ref as its folder's listing holds it now, if the listing holds it
+        with another size: a size corrected since the search (a first read
+        found the server's wrong) is what the folder shows, here too."""
+        listing = self.store.cached_listing(ref.folder.name)
+        if listing is None or listing.uidvalidity != ref.uidvalidity:
+            return ref
+        row = listing.messages.get(ref.meta.uid)
+        if row is None or row.filename != ref.meta.filename or row.size == ref.meta.size:
+            return ref
+        return MessageRef(ref.folder, ref.uidvalidity, row)
 
     def entries(self, parts: Parts, node: DirNode) -> list[tuple[str, Node]]:
         if not parts:

@@ -262,3 +262,18 @@ def test_empty_folders_by_list_status_are_not_searched_until_that_is_old_or_they
     assert later.search("Quiet", ("TEXT", "needle")).uids == ()  # within listing_ttl, as a listing would be
     clock.now += 11
     assert later.search("Quiet", ("TEXT", "needle")).uids == (1,)
+
+
+def test_a_size_corrected_since_the_search_is_shown_in_its_result(server, store, view):
+    # The server understated the size; a read through the folder found the
+    # real one. A lookup in the result (what the kernel does once told to
+    # forget the name) gives the real size, not the search's copy of the old.
+    real = mail("invoice", "the real body, longer than the server says " * 10)
+    uid = server.add("INBOX", real, reported_size=50)
+    name = store.listing("INBOX").messages[uid].filename
+    before = view.resolve(("invoice", "INBOX", name))
+    assert isinstance(before, MessageRef) and before.meta.size == 50
+    listing = store.listing("INBOX")
+    assert store.read("INBOX", listing.uidvalidity, listing.messages[uid], 0, 1 << 16) == real
+    after = view.resolve(("invoice", "INBOX", name))
+    assert isinstance(after, MessageRef) and (after.meta.size, after.meta.size_verified) == (len(real), True)
