@@ -559,8 +559,6 @@ class MailStore:
         del flag_changes[:]  # a retried attempt starts over
         try:
             status = session.select(folder, readonly=True)
-        except FolderGone:
-            raise
         except NotFound as exc:
             # Told apart from a message gone between two commands (an
             # EXPUNGEISSUED refusal of a FETCH is a NotFound too).
